@@ -1,0 +1,175 @@
+"""The one record schema that flows between stages, and how records are stored.
+
+Every stage reads and writes Parquet. Writes are atomic (temp file in the same folder, then
+``os.replace``) so a killed job never leaves a half-written output that Snakemake would trust.
+Rows that cannot be used are never dropped silently: they go to a rejects/quarantine file with
+the file, row and reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import unicodedata
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# The problem record: one row per problem, original or generated.
+PROBLEM_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("problem", pa.string(), nullable=False),
+        pa.field("solution", pa.string()),
+        pa.field("answer", pa.string()),
+        pa.field("origin", pa.string(), nullable=False),  # "original" | "generated"
+        pa.field("source", pa.string(), nullable=False),  # pool file name or generator shard/seed
+    ]
+)
+
+# Rows that a stage refused, with enough context to find and fix them.
+REJECT_SCHEMA = pa.schema(
+    [
+        pa.field("stage", pa.string()),
+        pa.field("id", pa.string()),
+        pa.field("file", pa.string()),
+        pa.field("row", pa.int64()),
+        pa.field("field", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("raw", pa.string()),
+    ]
+)
+
+
+def normalize_text(text: str) -> str:
+    """Canonical form used for ids and exact dedup: NFKC, collapsed whitespace, stripped."""
+    return " ".join(unicodedata.normalize("NFKC", text).split())
+
+
+def problem_id(text: str, prefix: str = "p") -> str:
+    """Stable content-hash id: the same problem text always gets the same id."""
+    digest = hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()[:16]
+    return f"{prefix}-{digest}"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; move it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_table(table: pa.Table, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def write_rows(rows: list[dict[str, Any]], path: str | os.PathLike, schema: pa.Schema | None = None) -> None:
+    """Write dict rows atomically; with ``schema`` the columns and types are enforced."""
+    if schema is not None:
+        table = pa.Table.from_pylist(rows, schema=schema)
+    elif rows:
+        table = pa.Table.from_pylist(rows)
+    else:
+        table = pa.table({})
+    write_table(table, path)
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    return pq.read_table(path).to_pylist()
+
+
+def read_many(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for p in paths:
+        rows.extend(read_rows(p))
+    return rows
+
+
+def write_rejects(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Rejects always exist (possibly empty) so downstream rules can depend on them."""
+    write_rows([{k: r.get(k) for k in REJECT_SCHEMA.names} for r in rows], path, REJECT_SCHEMA)
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def shard_slice(n_rows: int, shard: int, n_shards: int) -> slice:
+    """Contiguous, balanced slice of ``n_rows`` for ``shard`` (0-based) of ``n_shards``."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} outside 0..{n_shards - 1}")
+    base, extra = divmod(n_rows, n_shards)
+    start = shard * base + min(shard, extra)
+    return slice(start, start + base + (1 if shard < extra else 0))
+
+
+class ShardCheckpoint:
+    """Append-only JSONL of finished rows inside a long shard, so a killed job resumes.
+
+    Each batch is appended and fsynced as one write; a torn last line (killed mid-write) is
+    ignored on reload. The final Parquet is written from it atomically, then it is removed.
+    """
+
+    def __init__(self, final_path: str | os.PathLike, key: str = "key"):
+        self.final_path = Path(final_path)
+        self.path = self.final_path.with_name(self.final_path.name + ".partial.jsonl")
+        self.key = key
+
+    def load(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        rows, good_bytes = [], 0
+        with open(self.path, "rb") as fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    break  # torn write from a kill: drop it and truncate below
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+                good_bytes += len(line)
+        if good_bytes != self.path.stat().st_size:
+            with open(self.path, "r+b") as fh:
+                fh.truncate(good_bytes)
+        return rows
+
+    def done_keys(self) -> set[str]:
+        return {r[self.key] for r in self.load()}
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+        with open(self.path, "ab") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def rows_in_order(self, order: list[str]) -> list[dict[str, Any]]:
+        rank = {k: i for i, k in enumerate(order)}
+        return sorted(self.load(), key=lambda r: rank.get(r[self.key], len(rank)))
+
+    def discard(self) -> None:
+        """Call after the final output is in place."""
+        self.path.unlink(missing_ok=True)
