@@ -60,6 +60,7 @@ def train(
     config_overrides: dict[str, Any] | None = None,
     max_steps: int | None = None,
     save_steps: int = 200,
+    keep_run_dir: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``base_model`` on ``examples`` ({prompt, response}) and save to ``output_dir``.
 
@@ -135,13 +136,15 @@ def train(
     os.replace(tmp, out)
     if loss_csv:
         write_loss_csv(history, loss_csv)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if not keep_run_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
     losses = [h["loss"] for h in history if "loss" in h]
     return {
         "examples_in": len(examples),
         "examples_used": len(kept),
         "truncated": n_truncated,
         "steps": trainer.state.global_step,
+        "resumed_from": resume,
         "train_loss": result.training_loss,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,

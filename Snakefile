@@ -1,0 +1,26 @@
+# ScaleDiff as a Snakemake workflow: pool -> ingest -> select -> diffgen -> distill -> filter
+# -> sft -> eval -> report. Wiring only; every rule calls `python -m scalediff.<module>`.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/models.smk"
+include: "rules/ingest.smk"
+include: "rules/select.smk"
+include: "rules/diffgen.smk"
+include: "rules/distill.smk"
+include: "rules/filter.smk"
+include: "rules/sft.smk"
+include: "rules/eval.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.report.output,

@@ -1,0 +1,70 @@
+# DiffGen: fine-tune the generator base on difficult problems (QFT), then sample new problems.
+
+
+rule diffgen_train:
+    input:
+        problems=f"{R}/ingest/pool.parquet",
+        difficulty=f"{R}/select/difficulty.parquet",
+        base=role_input("generator_base"),
+    output:
+        model=directory(f"{R}/diffgen/model"),
+        loss=f"{R}/diffgen/loss.csv",
+        summary=f"{R}/diffgen/train_summary.json",
+    params:
+        base=role_model("generator_base"),
+        settings=lambda w: settings(diffgen=config["diffgen"]),
+    log:
+        f"{LOGS}/diffgen/train.log",
+    shell:
+        "{PY} -m scalediff.diffgen train --problems {input.problems} --difficulty {input.difficulty}"
+        " --base-model {params.base} --output {output.model} --loss-csv {output.loss}"
+        " --summary {output.summary} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule diffgen_sample:
+    input:
+        model=f"{R}/diffgen/model",
+    output:
+        problems=f"{R}/diffgen/samples/{{scatteritem}}.parquet",
+        rejects=f"{R}/diffgen/samples/{{scatteritem}}.rejects.parquet",
+    params:
+        settings=lambda w: settings(seed=config["seed"], engine=config["engine"], diffgen=config["diffgen"]),
+    log:
+        f"{LOGS}/diffgen/sample_{{scatteritem}}.log",
+    shell:
+        "{PY} -m scalediff.diffgen sample --model {input.model} --shard {wildcards.scatteritem}"
+        " --output {output.problems} --rejects {output.rejects} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule diffgen_gather:
+    input:
+        problems=gather.diffgen(f"{R}/diffgen/samples/{{scatteritem}}.parquet"),
+        rejects=gather.diffgen(f"{R}/diffgen/samples/{{scatteritem}}.rejects.parquet"),
+    output:
+        problems=f"{R}/diffgen/generated.parquet",
+        rejects=f"{R}/diffgen/rejects.parquet",
+        summary=f"{R}/diffgen/summary.json",
+    log:
+        f"{LOGS}/diffgen/gather.log",
+    shell:
+        "{PY} -m scalediff.diffgen gather --shards {input.problems} --shard-rejects {input.rejects}"
+        " --output {output.problems} --rejects {output.rejects} --summary {output.summary} > {log} 2>&1"
+
+
+rule select_generated:
+    # The selector scores the generated problems too: the paper's ~88% difficult vs ~34% claim.
+    input:
+        problems=f"{R}/diffgen/generated.parquet",
+        model=role_input("selector"),
+    output:
+        scores=f"{R}/select/generated/difficulty.parquet",
+        rejects=f"{R}/select/generated/rejects.parquet",
+    params:
+        model=role_model("selector"),
+        settings=lambda w: settings(seed=config["seed"], engine=config["engine"], select=config["select"]),
+    log:
+        f"{LOGS}/select/generated.log",
+    shell:
+        "{PY} -m scalediff.select shard --problems {input.problems} --model {params.model}"
+        " --shard 1-of-1 --output {output.scores} --rejects {output.rejects}"
+        " --settings {params.settings:q} > {log} 2>&1"

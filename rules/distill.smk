@@ -1,0 +1,35 @@
+# Teacher solutions in thinking mode, scattered over shards.
+
+
+rule distill_shard:
+    input:
+        generated=f"{R}/diffgen/generated.parquet",
+        pool=f"{R}/ingest/pool.parquet",
+        model=role_input("teacher"),
+    output:
+        solutions=f"{R}/distill/shards/{{scatteritem}}.parquet",
+        rejects=f"{R}/distill/shards/{{scatteritem}}.rejects.parquet",
+    params:
+        model=role_model("teacher"),
+        settings=lambda w: settings(seed=config["seed"], engine=config["engine"], distill=config["distill"]),
+    log:
+        f"{LOGS}/distill/shard_{{scatteritem}}.log",
+    shell:
+        "{PY} -m scalediff.distill shard --generated {input.generated} --pool {input.pool}"
+        " --model {params.model} --shard {wildcards.scatteritem} --output {output.solutions}"
+        " --rejects {output.rejects} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule distill_gather:
+    input:
+        solutions=gather.distill(f"{R}/distill/shards/{{scatteritem}}.parquet"),
+        rejects=gather.distill(f"{R}/distill/shards/{{scatteritem}}.rejects.parquet"),
+    output:
+        solutions=f"{R}/distill/solutions.parquet",
+        rejects=f"{R}/distill/rejects.parquet",
+        summary=f"{R}/distill/summary.json",
+    log:
+        f"{LOGS}/distill/gather.log",
+    shell:
+        "{PY} -m scalediff.distill gather --shards {input.solutions} --shard-rejects {input.rejects}"
+        " --output {output.solutions} --rejects {output.rejects} --summary {output.summary} > {log} 2>&1"

@@ -1,0 +1,29 @@
+# lighteval on every benchmark for every model in config eval.models, through the engine layer.
+
+
+def eval_model(wildcards):
+    return config["eval"]["models"][wildcards.model]
+
+
+rule eval_benchmark:
+    input:
+        data=lambda w: benchmark_data(w.benchmark),
+        model=lambda w: model_input(eval_model(w)),
+    output:
+        scores=f"{R}/eval/{{model}}/{{benchmark}}.json",
+        details=f"{R}/eval/{{model}}/{{benchmark}}.details.parquet",
+    params:
+        model=lambda w: model_path(eval_model(w)),
+        seeds=lambda w: config["benchmarks"][w.benchmark]["seeds"],
+        limit=lambda w: (
+            f"--limit {config['benchmarks'][w.benchmark]['limit']}"
+            if config["benchmarks"][w.benchmark].get("limit")
+            else ""
+        ),
+        settings=lambda w: settings(engine=config["engine"], eval=config["eval"]),
+    log:
+        f"{LOGS}/eval/{{model}}/{{benchmark}}.log",
+    shell:
+        "{PY} -m scalediff.evaluate --model {params.model} --model-name {wildcards.model}"
+        " --benchmark {wildcards.benchmark} --data {input.data} --seeds {params.seeds} {params.limit}"
+        " --output {output.scores} --details {output.details} --settings {params.settings:q} > {log} 2>&1"

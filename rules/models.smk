@@ -1,0 +1,18 @@
+# Tiny models of the embedded default: built, tokenizer included, and briefly shaped here.
+
+
+rule tiny_model:
+    input:
+        corpus=config.get("tiny", {}).get("corpus", []),
+    output:
+        model=directory(f"{R}/models/tiny/{{role}}"),
+        loss=f"{R}/models/tiny/{{role}}.loss.csv",
+        summary=f"{R}/models/tiny/{{role}}.json",
+    params:
+        settings=lambda w: settings(seed=config["seed"], tiny=config["tiny"]),
+    log:
+        f"{LOGS}/models/tiny_{{role}}.log",
+    threads: 1
+    shell:
+        "{PY} -m scalediff.tiny --role {wildcards.role} --output {output.model}"
+        " --loss-csv {output.loss} --summary {output.summary} --settings {params.settings:q} > {log} 2>&1"

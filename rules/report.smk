@@ -1,0 +1,48 @@
+# The paper's tables rebuilt beside the published numbers, and the figures of every stage.
+
+
+rule report:
+    input:
+        scores=expand(f"{R}/eval/{{model}}/{{benchmark}}.json", model=EVAL_MODELS, benchmark=BENCHMARKS),
+        select=f"{R}/select/summary.json",
+        generated=f"{R}/select/generated/difficulty.parquet",
+        pool_difficulty=f"{R}/select/difficulty.parquet",
+        diffgen=f"{R}/diffgen/summary.json",
+        distill=f"{R}/distill/summary.json",
+        funnel=f"{R}/filter/funnel.json",
+        sft=f"{R}/sft/summary.json",
+        losses=[f"{R}/diffgen/loss.csv", f"{R}/sft/loss.csv"],
+        paper="config/paper_table.yaml",
+    output:
+        table_md=report(
+            f"{R}/report/paper_table.md",
+            caption="report/paper_table.rst",
+            category="6. report",
+        ),
+        table_csv=f"{R}/report/paper_table.csv",
+        summary=f"{R}/report/summary.json",
+        difficulty=report(
+            f"{R}/report/difficulty.png",
+            caption="report/difficulty.rst",
+            category="6. report",
+        ),
+        losses=report(
+            f"{R}/report/loss_curves.png",
+            caption="report/loss_curves.rst",
+            category="6. report",
+        ),
+        scores=report(
+            f"{R}/report/scores.png",
+            caption="report/scores.rst",
+            category="6. report",
+        ),
+    params:
+        baseline=config["report"]["baseline_model"] or "",
+    log:
+        f"{LOGS}/report.log",
+    shell:
+        "{PY} -m scalediff.report --scores {input.scores} --select-summary {input.select}"
+        " --pool-difficulty {input.pool_difficulty} --generated-difficulty {input.generated}"
+        " --stage-summaries {input.diffgen} {input.distill} {input.funnel} {input.sft}"
+        " --losses {input.losses} --paper-table {input.paper} --baseline-model {params.baseline:q}"
+        " --out-dir {R}/report > {log} 2>&1"

@@ -1,0 +1,21 @@
+# Student SFT on original + generated data.
+
+
+rule sft_train:
+    input:
+        original=f"{R}/filter/dataset/original.parquet",
+        generated=f"{R}/filter/dataset/generated.parquet",
+        base=role_input("student_base"),
+    output:
+        model=directory(f"{R}/sft/model"),
+        loss=f"{R}/sft/loss.csv",
+        summary=f"{R}/sft/summary.json",
+    params:
+        base=role_model("student_base"),
+        settings=lambda w: settings(sft=config["sft"]),
+    log:
+        f"{LOGS}/sft/train.log",
+    shell:
+        "{PY} -m scalediff.sft --data {input.original} {input.generated} --base-model {params.base}"
+        " --output {output.model} --loss-csv {output.loss} --summary {output.summary}"
+        " --settings {params.settings:q} > {log} 2>&1"

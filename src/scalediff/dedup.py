@@ -1,0 +1,117 @@
+"""Problem deduplication: exact after normalisation, then near-duplicates with MinHash/LSH.
+
+``exact_key`` folds case, Unicode compatibility forms, whitespace, LaTeX spacing and sizing
+commands and math delimiters, so ``Find $x + y$.`` and ``find \\(x+y\\) .`` share a key while
+``x+y`` and ``x-y`` do not. Near-duplicates are pairs whose word-n-gram sets have an estimated
+Jaccard similarity of at least ``threshold``; LSH proposes candidates, the stored signatures
+confirm them (so LSH false positives never remove a row).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
+
+from scalediff.filter_rules import words
+
+_LATEX_NOISE = re.compile(
+    r"\\(?:left|right|displaystyle|textstyle|big|Big|bigg|Bigg|quad|qquad)(?![A-Za-z])|\\[,;:! ()\[\]]|\$|~"
+)
+_FRAC = re.compile(r"\\[dt]frac(?![A-Za-z])")
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_for_match(text: str) -> str:
+    """Case-, width- and LaTeX-spacing-insensitive form with single spaces."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = _FRAC.sub(r"\\frac", text)
+    text = _LATEX_NOISE.sub(" ", text)
+    return _SPACE.sub(" ", text).strip().rstrip(".").strip()
+
+
+def exact_key(text: str) -> str:
+    """Key for exact dedup: the normalised text with all whitespace removed."""
+    return _SPACE.sub("", normalize_for_match(text))
+
+
+def shingles(text: str, n: int) -> list[bytes]:
+    toks = words(text)
+    if len(toks) < n:
+        return [" ".join(toks).encode()] if toks else [b""]
+    return [" ".join(toks[i : i + n]).encode() for i in range(len(toks) - n + 1)]
+
+
+class NearDupIndex:
+    """Exact keys plus a MinHash-LSH index over word n-gram shingles of problem texts."""
+
+    def __init__(self, ngram: int = 3, num_perm: int = 128, threshold: float = 0.8, seed: int = 1):
+        self.ngram, self.num_perm, self.threshold, self.seed = ngram, num_perm, threshold, seed
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.exact: dict[str, str] = {}
+        self.signatures: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.exact)
+
+    def minhash(self, text: str) -> MinHash:
+        m = MinHash(num_perm=self.num_perm, seed=self.seed)
+        m.update_batch(shingles(text, self.ngram))
+        return m
+
+    def find(self, text: str, minhash: MinHash | None = None) -> tuple[str, str] | None:
+        """``("exact"|"near", id)`` of an indexed problem that ``text`` duplicates, else None."""
+        hit = self.exact.get(exact_key(text))
+        if hit is not None:
+            return "exact", hit
+        if not self.signatures:
+            return None
+        m = minhash if minhash is not None else self.minhash(text)
+        best, best_sim = None, self.threshold
+        for key in self.lsh.query(m):
+            sim = float(np.mean(self.signatures[key] == m.hashvalues))
+            if sim >= best_sim:
+                best, best_sim = key, sim
+        return ("near", best) if best is not None else None
+
+    def add(self, key: str, text: str, minhash: MinHash | None = None) -> None:
+        if key in self.signatures:
+            return
+        self.exact.setdefault(exact_key(text), key)
+        m = minhash if minhash is not None else self.minhash(text)
+        self.lsh.insert(key, m)
+        self.signatures[key] = np.asarray(m.hashvalues, dtype=np.uint32).copy()
+
+
+def dedup_problems(
+    generated: list[tuple[str, str]], originals: list[tuple[str, str]], cfg: dict
+) -> dict[str, tuple[str, str]]:
+    """Which generated problems to drop: ``{id: (reason, id of the problem it duplicates)}``.
+
+    ``generated`` is ``[(id, text), ...]`` in priority order (the first of a cluster is kept);
+    ``originals`` are indexed first, so a generated copy of a pool problem is always the one dropped.
+    """
+    if not cfg.get("enabled", True):
+        return {}
+    params = {k: cfg[k] for k in ("ngram", "num_perm", "threshold", "seed") if k in cfg}
+    orig = NearDupIndex(**params)
+    for key, text in originals:
+        orig.add(key, text)
+    gen = NearDupIndex(**params)
+    dropped: dict[str, tuple[str, str]] = {}
+    for key, text in generated:
+        if key in gen.signatures:
+            continue
+        m = gen.minhash(text)
+        hit = orig.find(text, m)
+        if hit:
+            dropped[key] = ("duplicate_of_original" if hit[0] == "exact" else "near_duplicate_of_original", hit[1])
+            continue
+        hit = gen.find(text, m)
+        if hit:
+            dropped[key] = ("duplicate" if hit[0] == "exact" else "near_duplicate", hit[1])
+            continue
+        gen.add(key, text, m)
+    return dropped

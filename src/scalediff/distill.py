@@ -1,0 +1,142 @@
+"""distill: the teacher writes long chain-of-thought solutions (Qwen3 thinking mode).
+
+One user turn: the instruction (SPEC §3) + problem, rendered by the teacher's own chat template
+with ``enable_thinking=True``. ``n`` samples per problem; every sample row keeps the problem id,
+sample index, full completion, finish reason, token counts and the extracted final answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import Counter
+from typing import Any
+
+import pyarrow as pa
+
+from scalediff import cli
+from scalediff.answers import final_answer
+from scalediff.engine import Completion, Engine, ShardJob, run_shard
+from scalediff.records import ShardCheckpoint, read_many, read_rows, shard_slice, write_json, write_rejects, write_rows
+from scalediff.select import parse_scatteritem
+
+log = logging.getLogger(__name__)
+
+SOLUTION_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("sample", pa.int32(), nullable=False),
+        pa.field("problem", pa.string(), nullable=False),
+        pa.field("origin", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("completion", pa.string()),
+        pa.field("finish_reason", pa.string()),
+        pa.field("prompt_tokens", pa.int32()),
+        pa.field("completion_tokens", pa.int32()),
+        pa.field("answer", pa.string()),
+    ]
+)
+
+
+def problems_to_solve(generated: list[dict[str, Any]], pool: list[dict[str, Any]], include_original: str) -> list[dict[str, Any]]:
+    """Generated problems, plus the original ones the config asks the teacher to solve."""
+    if include_original == "all":
+        originals = pool
+    elif include_original == "missing":
+        originals = [p for p in pool if not (p.get("solution") or "").strip()]
+    else:
+        originals = []
+    return list(generated) + list(originals)
+
+
+def solution_rows(job: ShardJob, comps: list[Completion]) -> list[dict[str, Any]]:
+    return [
+        {
+            **job.payload,
+            "sample": i,
+            "completion": c.text,
+            "finish_reason": c.finish_reason,
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens,
+            "answer": final_answer(c.text),
+        }
+        for i, c in enumerate(comps)
+    ]
+
+
+def distill_shard(args: argparse.Namespace, settings: dict[str, Any]) -> None:
+    cfg = settings["distill"]
+    shard, n_shards = parse_scatteritem(args.shard)
+    problems = problems_to_solve(read_rows(args.generated), read_rows(args.pool), cfg["include_original"])
+    problems = problems[shard_slice(len(problems), shard, n_shards)]
+    engine = Engine(args.model, settings["engine"], seed=settings["seed"] + shard)
+    jobs, rejects = [], []
+    for p in problems:
+        prompt = engine.chat_prompt(
+            [{"role": "user", "content": cfg["instruction"] + p["problem"]}], enable_thinking=cfg["enable_thinking"]
+        )
+        if not engine.fits(prompt, 1):
+            rejects.append({"stage": "distill", "id": p["id"], "field": "problem",
+                            "reason": f"prompt of {len(prompt)} tokens exceeds max_model_len {engine.max_model_len}"})
+            continue
+        payload = {"id": p["id"], "problem": p["problem"], "origin": p["origin"], "source": p["source"]}
+        jobs.append(ShardJob(key=p["id"], prompt=prompt, payload=payload))
+    # vLLM rejects prompt + max_tokens > max_model_len: cap per shard at what the longest prompt leaves.
+    longest = max((len(j.prompt) for j in jobs), default=0)
+    max_tokens = min(cfg["max_tokens"], settings["engine"]["max_model_len"] - longest)
+    sampling = {k: cfg[k] for k in ("temperature", "top_p", "top_k", "n") if k in cfg} | {"max_tokens": max_tokens}
+    rows = run_shard(engine, jobs, sampling, solution_rows, args.output, base_seed=settings["seed"] + shard,
+                     batch_size=settings["engine"]["batch_size"])
+    for r in rows:
+        r.pop("key", None)
+    write_rows(rows, args.output, SOLUTION_SCHEMA)
+    write_rejects(rejects, args.rejects)
+    ShardCheckpoint(args.output).discard()
+    log.info("distill shard %s: %d problems, %d samples, %d quarantined, finish %s", args.shard, len(problems),
+             len(rows), len(rejects), dict(Counter(r["finish_reason"] for r in rows)))
+
+
+def gather(args: argparse.Namespace) -> None:
+    rows, rejects = read_many(args.shards), read_many(args.shard_rejects)
+    write_rows(rows, args.output, SOLUTION_SCHEMA)
+    write_rejects(rejects, args.rejects)
+    summary = {
+        "samples": len(rows),
+        "problems": len({r["id"] for r in rows}),
+        "by_origin": dict(Counter(r["origin"] for r in rows)),
+        "finish_reason": dict(Counter(r["finish_reason"] for r in rows)),
+        "with_boxed_answer": sum(1 for r in rows if r["answer"] is not None),
+        "mean_completion_tokens": sum(r["completion_tokens"] for r in rows) / len(rows) if rows else None,
+        "quarantined": len(rejects),
+    }
+    write_json(summary, args.summary)
+    log.info("distill gather: %s", summary)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Teacher solutions in thinking mode.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("shard")
+    s.add_argument("--generated", required=True)
+    s.add_argument("--pool", required=True)
+    s.add_argument("--model", required=True)
+    s.add_argument("--shard", required=True)
+    s.add_argument("--output", required=True)
+    s.add_argument("--rejects", required=True)
+    cli.add_settings_argument(s)
+    g = sub.add_parser("gather")
+    g.add_argument("--shards", nargs="+", required=True)
+    g.add_argument("--shard-rejects", nargs="+", required=True)
+    g.add_argument("--output", required=True)
+    g.add_argument("--rejects", required=True)
+    g.add_argument("--summary", required=True)
+    args = ap.parse_args(argv)
+    cli.setup_logging()
+    if args.cmd == "shard":
+        distill_shard(args, cli.load_settings(args))
+    else:
+        gather(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""select: difficulty identification with an AdaptThink-style selector, one forward pass each.
+
+The selector reads the problem through its own chat template (which opens ``<think>``). If its
+greedy first token is ``</think>`` it would skip thinking: the problem is *simple*; otherwise it
+is *difficult*. vLLM generates exactly one token per problem (``max_tokens=1``) and returns the
+top-k logprobs, from which ``p_nothink`` = P(first token is ``</think>``) is kept as a continuous
+difficulty score. The ``</think>`` id is looked up from the tokenizer, never hard-coded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from collections import Counter
+from typing import Any
+
+import pyarrow as pa
+
+from scalediff import cli
+from scalediff.engine import Completion, Engine, ShardJob, run_shard
+from scalediff.records import ShardCheckpoint, read_many, read_rows, shard_slice, write_json, write_rejects, write_rows
+
+log = logging.getLogger(__name__)
+
+NOTHINK = "</think>"
+
+SCORE_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("difficult", pa.bool_(), nullable=False),
+        pa.field("p_nothink", pa.float64(), nullable=False),
+        pa.field("first_token", pa.string()),
+        pa.field("top_tokens", pa.string()),  # JSON {token: logprob} of the first position
+    ]
+)
+
+
+def parse_scatteritem(item: str) -> tuple[int, int]:
+    """Snakemake's ``3-of-8`` -> (2, 8), 0-based."""
+    i, _, n = item.partition("-of-")
+    return int(i) - 1, int(n)
+
+
+def is_difficult(p_nothink: float, first_is_nothink: bool, threshold: float | None) -> bool:
+    """Argmax rule by default (simple iff greedy token is </think>); a threshold on p otherwise."""
+    if threshold is None:
+        return not first_is_nothink
+    return p_nothink < threshold
+
+
+def score_row(job: ShardJob, comps: list[Completion], nothink_id: int, threshold: float | None) -> list[dict[str, Any]]:
+    comp = comps[0]
+    by_id = comp.first_logprobs_by_id or {}
+    # Below the top-k, P(</think>) is smaller than the k-th probability: 0 is the honest floor.
+    p = math.exp(by_id[nothink_id]) if nothink_id in by_id else 0.0
+    first_is_nothink = bool(comp.token_ids) and comp.token_ids[0] == nothink_id
+    return [
+        {
+            "id": job.payload["id"],
+            "difficult": is_difficult(p, first_is_nothink, threshold),
+            "p_nothink": p,
+            "first_token": NOTHINK if first_is_nothink else (comp.text or None),
+            "top_tokens": json.dumps(comp.first_logprobs or {}, ensure_ascii=False),
+        }
+    ]
+
+
+def run(problems: list[dict[str, Any]], model: str, settings: dict[str, Any], output: str, rejects_path: str) -> dict[str, Any]:
+    engine = Engine(model, settings["engine"], seed=settings["seed"])
+    nothink_id = engine.token_id(NOTHINK)
+    jobs, rejects = [], []
+    for row in problems:
+        problem = row.get("problem")
+        if not isinstance(problem, str) or not problem.strip():
+            rejects.append({"stage": "select", "id": row.get("id"), "field": "problem", "reason": "empty problem"})
+            continue
+        prompt = engine.chat_prompt([{"role": "user", "content": problem}])
+        if not engine.fits(prompt, 1):
+            rejects.append({"stage": "select", "id": row["id"], "field": "problem",
+                            "reason": f"prompt of {len(prompt)} tokens exceeds max_model_len {engine.max_model_len}"})
+            continue
+        jobs.append(ShardJob(key=row["id"], prompt=prompt, payload={"id": row["id"]}))
+    sampling = {"temperature": 0.0, "max_tokens": 1, "logprobs": settings["select"]["logprobs"]}
+    threshold = settings["select"].get("threshold")
+    rows = run_shard(
+        engine, jobs, sampling, lambda j, c: score_row(j, c, nothink_id, threshold), output,
+        base_seed=settings["seed"], batch_size=settings["engine"]["batch_size"],
+    )
+    for r in rows:
+        r.pop("key", None)
+    write_rows(rows, output, SCORE_SCHEMA)
+    write_rejects(rejects, rejects_path)
+    ShardCheckpoint(output).discard()
+    counts = {"in": len(problems), "scored": len(rows), "quarantined": len(rejects),
+              "difficult": sum(r["difficult"] for r in rows)}
+    log.info("select: %s", counts)
+    return counts
+
+
+def summarize(scores: list[dict[str, Any]], rejects: list[dict[str, Any]], threshold: float | None) -> dict[str, Any]:
+    n = len(scores)
+    difficult = sum(1 for r in scores if r["difficult"])
+    return {
+        "scored": n,
+        "difficult": difficult,
+        "simple": n - difficult,
+        "difficult_ratio": difficult / n if n else None,
+        "quarantined": len(rejects),
+        "quarantined_by_reason": dict(Counter(str(r["reason"]).split(" of ")[0] for r in rejects)),
+        "rule": "argmax (simple iff greedy first token is </think>)" if threshold is None else f"p_nothink < {threshold}",
+        "reference_difficult_ratio": 0.34,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Score problems as simple/difficult with the selector.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("shard", help="score one shard of a problem table")
+    s.add_argument("--problems", required=True)
+    s.add_argument("--model", required=True)
+    s.add_argument("--shard", required=True, help="Snakemake scatteritem, e.g. 1-of-4")
+    s.add_argument("--output", required=True)
+    s.add_argument("--rejects", required=True)
+    cli.add_settings_argument(s)
+    g = sub.add_parser("gather", help="join shard scores, summarize and plot")
+    g.add_argument("--shards", nargs="+", required=True)
+    g.add_argument("--shard-rejects", nargs="+", required=True)
+    g.add_argument("--output", required=True)
+    g.add_argument("--rejects", required=True)
+    g.add_argument("--summary", required=True)
+    g.add_argument("--plot", required=True)
+    cli.add_settings_argument(g)
+    args = ap.parse_args(argv)
+    cli.setup_logging()
+    settings = cli.load_settings(args)
+    if args.cmd == "shard":
+        shard, n_shards = parse_scatteritem(args.shard)
+        problems = read_rows(args.problems)
+        run(problems[shard_slice(len(problems), shard, n_shards)], args.model, settings, args.output, args.rejects)
+    else:
+        from scalediff.plots import histogram
+
+        scores, rejects = read_many(args.shards), read_many(args.shard_rejects)
+        threshold = settings["select"].get("threshold")
+        write_rows(scores, args.output, SCORE_SCHEMA)
+        write_rejects(rejects, args.rejects)
+        summary = summarize(scores, rejects, threshold)
+        write_json(summary, args.summary)
+        histogram(
+            [r["p_nothink"] for r in scores], args.plot,
+            title=f"P(first token = </think>), {summary['scored']} problems, {summary['difficult']} difficult",
+            xlabel="p_nothink", marker=0.5 if threshold is None else threshold,
+            marker_label="argmax boundary (approx.)" if threshold is None else "threshold",
+        )
+        log.info("select gather: %s", summary)
+
+
+if __name__ == "__main__":
+    main()

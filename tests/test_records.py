@@ -1,0 +1,54 @@
+import json
+
+import pytest
+
+from scalediff.records import PROBLEM_SCHEMA, ShardCheckpoint, atomic_path, problem_id, read_rows, shard_slice, write_rows
+
+
+def test_problem_id_is_stable_and_whitespace_insensitive():
+    assert problem_id("Find  $x$.\n") == problem_id("Find $x$.")
+    assert problem_id("Find $x$.") != problem_id("Find $y$.")
+    assert problem_id("a", "g").startswith("g-")
+
+
+@pytest.mark.parametrize("n,k", [(10, 3), (7, 7), (3, 5), (0, 2), (1000, 64)])
+def test_shard_slices_partition_the_rows(n, k):
+    covered = []
+    for i in range(k):
+        covered.extend(range(n)[shard_slice(n, i, k)])
+    assert covered == list(range(n))
+
+
+def test_shard_slice_rejects_bad_index():
+    with pytest.raises(ValueError):
+        shard_slice(10, 3, 3)
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.parquet"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_rows_enforces_schema(tmp_path):
+    row = {"id": "p-1", "problem": "x", "solution": None, "answer": None, "origin": "original", "source": "s"}
+    write_rows([row], tmp_path / "a.parquet", PROBLEM_SCHEMA)
+    assert read_rows(tmp_path / "a.parquet") == [row]
+    with pytest.raises(Exception):
+        write_rows([{**row, "id": None}], tmp_path / "b.parquet", PROBLEM_SCHEMA)
+
+
+def test_checkpoint_drops_a_torn_last_line(tmp_path):
+    ckpt = ShardCheckpoint(tmp_path / "shard.parquet")
+    ckpt.append([{"key": "a", "v": 1}, {"key": "b", "v": 2}])
+    with open(ckpt.path, "ab") as fh:  # a kill in the middle of the next write
+        fh.write(json.dumps({"key": "c"}).encode()[:5])
+    assert ckpt.done_keys() == {"a", "b"}
+    ckpt.append([{"key": "c", "v": 3}])
+    assert [r["key"] for r in ckpt.rows_in_order(["c", "b", "a"])] == ["c", "b", "a"]
+    ckpt.discard()
+    assert not ckpt.path.exists()

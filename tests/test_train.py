@@ -1,0 +1,85 @@
+"""The one trainer really learns: a tiny model overfits a handful of examples, then generates them."""
+
+import csv
+import multiprocessing as mp
+
+import pytest
+
+from conftest import ENGINE, build_tiny
+from scalediff.train import IGNORE, tokenize_pair
+
+FACTS = [
+    "Find the number of positive divisors of 2024.",
+    "Let x be a real number with x^2 = 49. Find x.",
+    "How many ways can 5 books be arranged on a shelf?",
+    "Compute the sum of the first 100 positive integers.",
+]
+
+
+def test_prompt_tokens_are_masked_and_cutoff_applies():
+    class Tok:
+        def encode(self, text, add_special_tokens=False):
+            return [ord(c) for c in text]
+
+    ex = tokenize_pair(Tok(), "ab", "cde", cutoff=4)
+    assert ex["input_ids"] == [97, 98, 99, 100]
+    assert ex["labels"] == [IGNORE, IGNORE, 99, 100]
+    assert tokenize_pair(Tok(), "abcd", "e", cutoff=4) is None  # nothing left to learn
+
+
+def _generate(model_dir, queue):
+    from scalediff.engine import Engine
+
+    engine = Engine(str(model_dir), ENGINE, seed=0)
+    prompt = engine.encode("<|im_start|>user\n")
+    outs = engine.generate([prompt] * 8, {"temperature": 1.0, "max_tokens": 64, "stop": ["<|im_end|>"]},
+                           seeds=list(range(8)))
+    queue.put([o[0].text.strip() for o in outs])
+
+
+@pytest.mark.slow
+def test_qft_overfits_and_generates_its_training_problems(tmp_path):
+    from scalediff.train import train
+
+    base = build_tiny(tmp_path / "base")
+    examples = [{"prompt": "<|im_start|>user\n", "response": f + "<|im_end|>\n"} for f in FACTS] * 8
+    settings = {"lr": 5e-3, "scheduler": "constant", "per_device_batch_size": 8, "cutoff": 128, "seed": 0,
+                "epochs": 1, "progress": False, "logging_steps": 5}
+    stats = train(str(base), examples, str(tmp_path / "model"), settings, loss_csv=str(tmp_path / "loss.csv"),
+                  max_steps=150)
+    with open(tmp_path / "loss.csv") as fh:
+        losses = [float(r["loss"]) for r in csv.DictReader(fh)]
+    assert losses[0] > 4.0 and losses[-1] < 0.2 * losses[0], losses
+    assert stats["steps"] == 150
+    # Sampled at T=1 the overfit generator reproduces its training problems (vLLM in a subprocess).
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_generate, args=(tmp_path / "model", queue))
+    proc.start()
+    texts = queue.get(timeout=600)
+    proc.join()
+    assert sum(t in FACTS for t in texts) >= 6, texts
+
+
+@pytest.mark.slow
+def test_training_resumes_from_its_last_checkpoint(tmp_path):
+    """A killed run's checkpoints are picked up: the rerun continues from them, not from step 0."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from scalediff.train import train
+
+    base = build_tiny(tmp_path / "base")
+    examples = [{"prompt": "<|im_start|>user\n", "response": f + "<|im_end|>\n"} for f in FACTS] * 4
+    settings = {"lr": 5e-3, "scheduler": "constant", "per_device_batch_size": 4, "cutoff": 128, "seed": 0,
+                "epochs": 1, "progress": False, "logging_steps": 1}
+    # What a job killed after step 6 leaves behind: <output>.run/checkpoint-6.
+    train(str(base), examples, str(tmp_path / "partial"), settings, max_steps=6, save_steps=6, keep_run_dir=True)
+    (tmp_path / "model.run").mkdir()
+    shutil.copytree(tmp_path / "partial.run" / "checkpoint-6", tmp_path / "model.run" / "checkpoint-6")
+    stats = train(str(base), examples, str(tmp_path / "model"), settings, max_steps=12, save_steps=100)
+    assert stats["resumed_from"].endswith("checkpoint-6")
+    assert stats["steps"] == 12
+    assert not (tmp_path / "model.run").exists()  # cleaned once the model is in place
+    AutoModelForCausalLM.from_pretrained(tmp_path / "model")
