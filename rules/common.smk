@@ -4,12 +4,13 @@ import sys
 
 from snakemake.utils import validate
 
-
 validate(config, "../config/schema.yaml")
 
 R = config["results"]  # root of every output
 LOGS = f"{R}/logs"
-PY = sys.executable  # the interpreter running Snakemake: the project's venv, also inside SLURM jobs
+PY = (
+    sys.executable
+)  # the interpreter running Snakemake: the project's venv, also inside SLURM jobs
 TINY_ROLES = sorted(config.get("tiny", {}).get("roles", {}))
 BENCHMARKS = sorted(config["benchmarks"])
 EVAL_MODELS = sorted(config["eval"]["models"])
@@ -37,10 +38,14 @@ def model_path(ref):
     """Where a model reference (config `models`/`eval.models` entry) lives on disk or the Hub."""
     if "tiny" in ref:
         if ref["tiny"] not in TINY_ROLES:
-            raise ValueError(f"config: tiny model {ref['tiny']!r} has no entry under tiny.roles")
+            raise ValueError(
+                f"config: tiny model {ref['tiny']!r} has no entry under tiny.roles"
+            )
         return f"{R}/models/tiny/{ref['tiny']}"
     if "trained" in ref:
-        return {"student": f"{R}/sft/model", "generator": f"{R}/diffgen/model"}[ref["trained"]]
+        return {"student": f"{R}/sft/model", "generator": f"{R}/diffgen/model"}[
+            ref["trained"]
+        ]
     return ref["path"]
 
 

@@ -10,11 +10,11 @@ rule diffgen_train:
         model=directory(f"{R}/diffgen/model"),
         loss=f"{R}/diffgen/loss.csv",
         summary=f"{R}/diffgen/train_summary.json",
+    log:
+        f"{LOGS}/diffgen/train.log",
     params:
         base=role_model("generator_base"),
         settings=lambda w: settings(diffgen=config["diffgen"]),
-    log:
-        f"{LOGS}/diffgen/train.log",
     shell:
         "{PY} -m scalediff.diffgen train --problems {input.problems} --difficulty {input.difficulty}"
         " --base-model {params.base} --output {output.model} --loss-csv {output.loss}"
@@ -27,10 +27,12 @@ rule diffgen_sample:
     output:
         problems=f"{R}/diffgen/samples/{{scatteritem}}.parquet",
         rejects=f"{R}/diffgen/samples/{{scatteritem}}.rejects.parquet",
-    params:
-        settings=lambda w: settings(seed=config["seed"], engine=config["engine"], diffgen=config["diffgen"]),
     log:
         f"{LOGS}/diffgen/sample_{{scatteritem}}.log",
+    params:
+        settings=lambda w: settings(
+            seed=config["seed"], engine=config["engine"], diffgen=config["diffgen"]
+        ),
     shell:
         "{PY} -m scalediff.diffgen sample --model {input.model} --shard {wildcards.scatteritem}"
         " --output {output.problems} --rejects {output.rejects} --settings {params.settings:q} > {log} 2>&1"
@@ -59,11 +61,13 @@ rule select_generated:
     output:
         scores=f"{R}/select/generated/difficulty.parquet",
         rejects=f"{R}/select/generated/rejects.parquet",
-    params:
-        model=role_model("selector"),
-        settings=lambda w: settings(seed=config["seed"], engine=config["engine"], select=config["select"]),
     log:
         f"{LOGS}/select/generated.log",
+    params:
+        model=role_model("selector"),
+        settings=lambda w: settings(
+            seed=config["seed"], engine=config["engine"], select=config["select"]
+        ),
     shell:
         "{PY} -m scalediff.select shard --problems {input.problems} --model {params.model}"
         " --shard 1-of-1 --output {output.scores} --rejects {output.rejects}"

@@ -9,11 +9,13 @@ rule distill_shard:
     output:
         solutions=f"{R}/distill/shards/{{scatteritem}}.parquet",
         rejects=f"{R}/distill/shards/{{scatteritem}}.rejects.parquet",
-    params:
-        model=role_model("teacher"),
-        settings=lambda w: settings(seed=config["seed"], engine=config["engine"], distill=config["distill"]),
     log:
         f"{LOGS}/distill/shard_{{scatteritem}}.log",
+    params:
+        model=role_model("teacher"),
+        settings=lambda w: settings(
+            seed=config["seed"], engine=config["engine"], distill=config["distill"]
+        ),
     shell:
         "{PY} -m scalediff.distill shard --generated {input.generated} --pool {input.pool}"
         " --model {params.model} --shard {wildcards.scatteritem} --output {output.solutions}"

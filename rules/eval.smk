@@ -12,6 +12,8 @@ rule eval_benchmark:
     output:
         scores=f"{R}/eval/{{model}}/{{benchmark}}.json",
         details=f"{R}/eval/{{model}}/{{benchmark}}.details.parquet",
+    log:
+        f"{LOGS}/eval/{{model}}/{{benchmark}}.log",
     params:
         model=lambda w: model_path(eval_model(w)),
         seeds=lambda w: config["benchmarks"][w.benchmark]["seeds"],
@@ -21,8 +23,6 @@ rule eval_benchmark:
             else ""
         ),
         settings=lambda w: settings(engine=config["engine"], eval=config["eval"]),
-    log:
-        f"{LOGS}/eval/{{model}}/{{benchmark}}.log",
     shell:
         "{PY} -m scalediff.evaluate --model {params.model} --model-name {wildcards.model}"
         " --benchmark {wildcards.benchmark} --data {input.data} --seeds {params.seeds} {params.limit}"

@@ -8,11 +8,13 @@ rule select_shard:
     output:
         scores=f"{R}/select/shards/{{scatteritem}}.parquet",
         rejects=f"{R}/select/shards/{{scatteritem}}.rejects.parquet",
-    params:
-        model=role_model("selector"),
-        settings=lambda w: settings(seed=config["seed"], engine=config["engine"], select=config["select"]),
     log:
         f"{LOGS}/select/shard_{{scatteritem}}.log",
+    params:
+        model=role_model("selector"),
+        settings=lambda w: settings(
+            seed=config["seed"], engine=config["engine"], select=config["select"]
+        ),
     shell:
         "{PY} -m scalediff.select shard --problems {input.problems} --model {params.model}"
         " --shard {wildcards.scatteritem} --output {output.scores} --rejects {output.rejects}"
@@ -32,10 +34,10 @@ rule select_gather:
             caption="../report/select_p_nothink.rst",
             category="1. select",
         ),
-    params:
-        settings=lambda w: settings(select=config["select"]),
     log:
         f"{LOGS}/select/gather.log",
+    params:
+        settings=lambda w: settings(select=config["select"]),
     shell:
         "{PY} -m scalediff.select gather --shards {input.scores} --shard-rejects {input.rejects}"
         " --output {output.scores} --rejects {output.rejects} --summary {output.summary}"

@@ -10,11 +10,11 @@ rule sft_train:
         model=directory(f"{R}/sft/model"),
         loss=f"{R}/sft/loss.csv",
         summary=f"{R}/sft/summary.json",
+    log:
+        f"{LOGS}/sft/train.log",
     params:
         base=role_model("student_base"),
         settings=lambda w: settings(sft=config["sft"]),
-    log:
-        f"{LOGS}/sft/train.log",
     shell:
         "{PY} -m scalediff.sft --data {input.original} {input.generated} --base-model {params.base}"
         " --output {output.model} --loss-csv {output.loss} --summary {output.summary}"

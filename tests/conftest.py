@@ -56,8 +56,15 @@ def train_constant(base: Path, out: Path, response: str, template_user: str = "x
         }
         for r in corpus
     ]
-    settings = {"lr": 1e-2, "scheduler": "constant", "per_device_batch_size": 16, "cutoff": 256, "seed": 0,
-                "epochs": 1, "progress": False}
+    settings = {
+        "lr": 1e-2,
+        "scheduler": "constant",
+        "per_device_batch_size": 16,
+        "cutoff": 256,
+        "seed": 0,
+        "epochs": 1,
+        "progress": False,
+    }
     train(str(base), examples, str(out), settings, max_steps=40)
     return out
 

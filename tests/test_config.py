@@ -25,15 +25,30 @@ def _workdir(tmp_path: Path, config_name: str, edit=None) -> Path:
 
 
 def _dry_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, "-n", "--cores", "2", *args], cwd=workdir, capture_output=True, text=True,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(workdir)}, timeout=300)
+    return subprocess.run(
+        [*SNAKEMAKE, "-n", "--cores", "2", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(workdir)},
+        timeout=300,
+    )
 
 
 def test_default_config_plans_every_stage(tmp_path):
     res = _dry_run(_workdir(tmp_path, "config.yaml"))
     assert res.returncode == 0, res.stderr
-    for rule in ("ingest", "tiny_model", "select_shard", "diffgen_train", "diffgen_sample", "distill_shard",
-                 "sft_train", "eval_benchmark", "report"):
+    for rule in (
+        "ingest",
+        "tiny_model",
+        "select_shard",
+        "diffgen_train",
+        "diffgen_sample",
+        "distill_shard",
+        "sft_train",
+        "eval_benchmark",
+        "report",
+    ):
         assert rule in res.stdout, rule
 
 

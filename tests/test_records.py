@@ -1,8 +1,17 @@
 import json
 
+import pyarrow as pa
 import pytest
 
-from scalediff.records import PROBLEM_SCHEMA, ShardCheckpoint, atomic_path, problem_id, read_rows, shard_slice, write_rows
+from scalediff.records import (
+    PROBLEM_SCHEMA,
+    ShardCheckpoint,
+    atomic_path,
+    problem_id,
+    read_rows,
+    shard_slice,
+    write_rows,
+)
 
 
 def test_problem_id_is_stable_and_whitespace_insensitive():
@@ -38,7 +47,7 @@ def test_write_rows_enforces_schema(tmp_path):
     row = {"id": "p-1", "problem": "x", "solution": None, "answer": None, "origin": "original", "source": "s"}
     write_rows([row], tmp_path / "a.parquet", PROBLEM_SCHEMA)
     assert read_rows(tmp_path / "a.parquet") == [row]
-    with pytest.raises(Exception):
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError, ValueError)):
         write_rows([{**row, "id": None}], tmp_path / "b.parquet", PROBLEM_SCHEMA)
 
 

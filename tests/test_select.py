@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ENGINE
+
 from scalediff.records import PROBLEM_SCHEMA, problem_id, read_rows, write_rows
 from scalediff.select import is_difficult, parse_scatteritem
 
@@ -26,15 +26,40 @@ def test_difficulty_rule():
 
 
 def _run_select(model, tmp_path, threshold=None):
-    rows = [{"id": problem_id(p or "empty"), "problem": p, "solution": None, "answer": None,
-             "origin": "original", "source": "t"} for p in PROBLEMS]
+    rows = [
+        {
+            "id": problem_id(p or "empty"),
+            "problem": p,
+            "solution": None,
+            "answer": None,
+            "origin": "original",
+            "source": "t",
+        }
+        for p in PROBLEMS
+    ]
     write_rows(rows, tmp_path / "problems.parquet", PROBLEM_SCHEMA)
     settings = {"seed": 0, "engine": ENGINE, "select": {"logprobs": 5, "threshold": threshold}}
     subprocess.run(
-        [sys.executable, "-m", "scalediff.select", "shard", "--problems", str(tmp_path / "problems.parquet"),
-         "--model", str(model), "--shard", "1-of-1", "--output", str(tmp_path / "scores.parquet"),
-         "--rejects", str(tmp_path / "rejects.parquet"), "--settings", json.dumps(settings)],
-        check=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "scalediff.select",
+            "shard",
+            "--problems",
+            str(tmp_path / "problems.parquet"),
+            "--model",
+            str(model),
+            "--shard",
+            "1-of-1",
+            "--output",
+            str(tmp_path / "scores.parquet"),
+            "--rejects",
+            str(tmp_path / "rejects.parquet"),
+            "--settings",
+            json.dumps(settings),
+        ],
+        check=True,
+        cwd=tmp_path,
     )
     return read_rows(tmp_path / "scores.parquet"), read_rows(tmp_path / "rejects.parquet")
 

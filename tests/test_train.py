@@ -4,8 +4,8 @@ import csv
 import multiprocessing as mp
 
 import pytest
-
 from conftest import ENGINE, build_tiny
+
 from scalediff.train import IGNORE, tokenize_pair
 
 FACTS = [
@@ -32,8 +32,9 @@ def _generate(model_dir, queue):
 
     engine = Engine(str(model_dir), ENGINE, seed=0)
     prompt = engine.encode("<|im_start|>user\n")
-    outs = engine.generate([prompt] * 8, {"temperature": 1.0, "max_tokens": 64, "stop": ["<|im_end|>"]},
-                           seeds=list(range(8)))
+    outs = engine.generate(
+        [prompt] * 8, {"temperature": 1.0, "max_tokens": 64, "stop": ["<|im_end|>"]}, seeds=list(range(8))
+    )
     queue.put([o[0].text.strip() for o in outs])
 
 
@@ -43,10 +44,19 @@ def test_qft_overfits_and_generates_its_training_problems(tmp_path):
 
     base = build_tiny(tmp_path / "base")
     examples = [{"prompt": "<|im_start|>user\n", "response": f + "<|im_end|>\n"} for f in FACTS] * 8
-    settings = {"lr": 5e-3, "scheduler": "constant", "per_device_batch_size": 8, "cutoff": 128, "seed": 0,
-                "epochs": 1, "progress": False, "logging_steps": 5}
-    stats = train(str(base), examples, str(tmp_path / "model"), settings, loss_csv=str(tmp_path / "loss.csv"),
-                  max_steps=150)
+    settings = {
+        "lr": 5e-3,
+        "scheduler": "constant",
+        "per_device_batch_size": 8,
+        "cutoff": 128,
+        "seed": 0,
+        "epochs": 1,
+        "progress": False,
+        "logging_steps": 5,
+    }
+    stats = train(
+        str(base), examples, str(tmp_path / "model"), settings, loss_csv=str(tmp_path / "loss.csv"), max_steps=150
+    )
     with open(tmp_path / "loss.csv") as fh:
         losses = [float(r["loss"]) for r in csv.DictReader(fh)]
     assert losses[0] > 4.0 and losses[-1] < 0.2 * losses[0], losses
@@ -72,8 +82,16 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path):
 
     base = build_tiny(tmp_path / "base")
     examples = [{"prompt": "<|im_start|>user\n", "response": f + "<|im_end|>\n"} for f in FACTS] * 4
-    settings = {"lr": 5e-3, "scheduler": "constant", "per_device_batch_size": 4, "cutoff": 128, "seed": 0,
-                "epochs": 1, "progress": False, "logging_steps": 1}
+    settings = {
+        "lr": 5e-3,
+        "scheduler": "constant",
+        "per_device_batch_size": 4,
+        "cutoff": 128,
+        "seed": 0,
+        "epochs": 1,
+        "progress": False,
+        "logging_steps": 1,
+    }
     # What a job killed after step 6 leaves behind: <output>.run/checkpoint-6.
     train(str(base), examples, str(tmp_path / "partial"), settings, max_steps=6, save_steps=6, keep_run_dir=True)
     (tmp_path / "model.run").mkdir()

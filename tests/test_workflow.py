@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from test_config import _workdir
 
 R = "results"
@@ -20,8 +19,9 @@ def rows(workdir: Path, path: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     workdir = _workdir(tmp_path_factory.mktemp("demo"), "config.yaml")
-    res = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=workdir, capture_output=True,
-                         text=True, timeout=3600)
+    res = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2"], cwd=workdir, capture_output=True, text=True, timeout=3600
+    )
     assert res.returncode == 0, res.stderr[-5000:]
     return workdir
 
@@ -77,8 +77,13 @@ def test_report_has_every_benchmark_and_the_papers_rows(demo):
 
 @pytest.mark.slow
 def test_forcerun_one_stage_replans_only_it_and_its_dependents(demo):
-    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--forcerun", "sft_train"],
-                         cwd=demo, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--forcerun", "sft_train"],
+        cwd=demo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     planned = res.stdout.split("Job stats:")[1].split("Reasons:")[0]
     assert "sft_train" in planned and "report" in planned

@@ -74,23 +74,39 @@ def sample_shard(args: argparse.Namespace, settings: dict[str, Any]) -> None:
         for i in indices
     ]
     sampling = {k: cfg[k] for k in ("temperature", "top_p", "top_k", "max_tokens", "stop") if k in cfg}
-    raw = run_shard(engine, jobs, sampling, generated_row, args.output, base_seed=seed,
-                    batch_size=settings["engine"]["batch_size"])
+    raw = run_shard(
+        engine, jobs, sampling, generated_row, args.output, base_seed=seed, batch_size=settings["engine"]["batch_size"]
+    )
     kept, rejects = [], []
     for r in raw:
         text = r["text"].replace(QFT_SUFFIX.strip(), "").strip()
         if r["finish_reason"] == "length":
-            rejects.append({"stage": "diffgen", "id": r["key"], "field": "problem", "reason": "length", "raw": text[:2000]})
+            rejects.append(
+                {"stage": "diffgen", "id": r["key"], "field": "problem", "reason": "length", "raw": text[:2000]}
+            )
         elif not text:
             rejects.append({"stage": "diffgen", "id": r["key"], "field": "problem", "reason": "empty", "raw": ""})
         else:
-            kept.append({"id": problem_id(text, "g"), "problem": text, "solution": None, "answer": None,
-                         "origin": "generated", "source": r["source"]})
+            kept.append(
+                {
+                    "id": problem_id(text, "g"),
+                    "problem": text,
+                    "solution": None,
+                    "answer": None,
+                    "origin": "generated",
+                    "source": r["source"],
+                }
+            )
     write_rows(kept, args.output, PROBLEM_SCHEMA)
     write_rejects(rejects, args.rejects)
     ShardCheckpoint(args.output).discard()
-    log.info("diffgen shard %s: %d sampled, %d kept, dropped %s", args.shard, len(raw), len(kept),
-             dict(Counter(r["reason"] for r in rejects)))
+    log.info(
+        "diffgen shard %s: %d sampled, %d kept, dropped %s",
+        args.shard,
+        len(raw),
+        len(kept),
+        dict(Counter(r["reason"] for r in rejects)),
+    )
 
 
 def gather(args: argparse.Namespace) -> None:
@@ -98,15 +114,19 @@ def gather(args: argparse.Namespace) -> None:
     unique: dict[str, dict[str, Any]] = {}
     for r in rows:
         if r["id"] in unique:
-            rejects.append({"stage": "diffgen", "id": r["id"], "field": "problem", "reason": "duplicate",
-                            "raw": r["source"]})
+            rejects.append(
+                {"stage": "diffgen", "id": r["id"], "field": "problem", "reason": "duplicate", "raw": r["source"]}
+            )
         else:
             unique[r["id"]] = r
     write_rows(list(unique.values()), args.output, PROBLEM_SCHEMA)
     write_rejects(rejects, args.rejects)
     reasons = Counter(r["reason"] for r in rejects)
-    summary = {"sampled": len(rows) + reasons["length"] + reasons["empty"], "kept": len(unique),
-               "dropped": dict(reasons)}
+    summary = {
+        "sampled": len(rows) + reasons["length"] + reasons["empty"],
+        "kept": len(unique),
+        "dropped": dict(reasons),
+    }
     write_json(summary, args.summary)
     log.info("diffgen gather: %s", summary)
 

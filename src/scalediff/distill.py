@@ -38,7 +38,9 @@ SOLUTION_SCHEMA = pa.schema(
 )
 
 
-def problems_to_solve(generated: list[dict[str, Any]], pool: list[dict[str, Any]], include_original: str) -> list[dict[str, Any]]:
+def problems_to_solve(
+    generated: list[dict[str, Any]], pool: list[dict[str, Any]], include_original: str
+) -> list[dict[str, Any]]:
     """Generated problems, plus the original ones the config asks the teacher to solve."""
     if include_original == "all":
         originals = pool
@@ -76,8 +78,14 @@ def distill_shard(args: argparse.Namespace, settings: dict[str, Any]) -> None:
             [{"role": "user", "content": cfg["instruction"] + p["problem"]}], enable_thinking=cfg["enable_thinking"]
         )
         if not engine.fits(prompt, 1):
-            rejects.append({"stage": "distill", "id": p["id"], "field": "problem",
-                            "reason": f"prompt of {len(prompt)} tokens exceeds max_model_len {engine.max_model_len}"})
+            rejects.append(
+                {
+                    "stage": "distill",
+                    "id": p["id"],
+                    "field": "problem",
+                    "reason": f"prompt of {len(prompt)} tokens exceeds max_model_len {engine.max_model_len}",
+                }
+            )
             continue
         payload = {"id": p["id"], "problem": p["problem"], "origin": p["origin"], "source": p["source"]}
         jobs.append(ShardJob(key=p["id"], prompt=prompt, payload=payload))
@@ -85,15 +93,28 @@ def distill_shard(args: argparse.Namespace, settings: dict[str, Any]) -> None:
     longest = max((len(j.prompt) for j in jobs), default=0)
     max_tokens = min(cfg["max_tokens"], settings["engine"]["max_model_len"] - longest)
     sampling = {k: cfg[k] for k in ("temperature", "top_p", "top_k", "n") if k in cfg} | {"max_tokens": max_tokens}
-    rows = run_shard(engine, jobs, sampling, solution_rows, args.output, base_seed=settings["seed"] + shard,
-                     batch_size=settings["engine"]["batch_size"])
+    rows = run_shard(
+        engine,
+        jobs,
+        sampling,
+        solution_rows,
+        args.output,
+        base_seed=settings["seed"] + shard,
+        batch_size=settings["engine"]["batch_size"],
+    )
     for r in rows:
         r.pop("key", None)
     write_rows(rows, args.output, SOLUTION_SCHEMA)
     write_rejects(rejects, args.rejects)
     ShardCheckpoint(args.output).discard()
-    log.info("distill shard %s: %d problems, %d samples, %d quarantined, finish %s", args.shard, len(problems),
-             len(rows), len(rejects), dict(Counter(r["finish_reason"] for r in rows)))
+    log.info(
+        "distill shard %s: %d problems, %d samples, %d quarantined, finish %s",
+        args.shard,
+        len(problems),
+        len(rows),
+        len(rejects),
+        dict(Counter(r["finish_reason"] for r in rows)),
+    )
 
 
 def gather(args: argparse.Namespace) -> None:

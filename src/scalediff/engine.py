@@ -71,6 +71,7 @@ class Engine:
             trust_remote_code=settings.get("trust_remote_code", False),
             enforce_eager=settings.get("enforce_eager", False),
             seed=seed,
+            **{k: settings[k] for k in ("enable_chunked_prefill", "max_num_batched_tokens") if k in settings},
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = settings["max_model_len"]

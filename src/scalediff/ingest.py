@@ -98,15 +98,24 @@ def read_hub_source(source: dict[str, Any]) -> tuple[list[dict[str, Any]], list[
     from datasets import load_dataset
 
     name = source["hf_dataset"]
-    rows = load_dataset(name, data_files=source.get("hf_data_files"), split=source.get("split", "train"),
-                        streaming=True)
+    rows = load_dataset(
+        name, data_files=source.get("hf_data_files"), split=source.get("split", "train"), streaming=True
+    )
     records, rejects = [], []
     for i, raw in enumerate(rows):
         try:
             records.append(to_record(raw, source))
         except RowError as exc:
-            rejects.append({"stage": "ingest", "file": name, "row": i, "field": exc.field, "reason": exc.reason,
-                            "raw": json.dumps(raw, default=str)[:2000]})
+            rejects.append(
+                {
+                    "stage": "ingest",
+                    "file": name,
+                    "row": i,
+                    "field": exc.field,
+                    "reason": exc.reason,
+                    "raw": json.dumps(raw, default=str)[:2000],
+                }
+            )
     return records, rejects
 
 
@@ -120,7 +129,12 @@ def read_source(source: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict
         for line_no, raw_line in enumerate(fh, start=1):
             if not raw_line.strip():
                 continue
-            reject = {"stage": "ingest", "file": str(path), "row": line_no, "raw": raw_line[:2000].decode("utf-8", "replace")}
+            reject = {
+                "stage": "ingest",
+                "file": str(path),
+                "row": line_no,
+                "raw": raw_line[:2000].decode("utf-8", "replace"),
+            }
             try:
                 text = raw_line.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -146,8 +160,16 @@ def ingest(config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str,
         unique = []
         for rec in records:
             if rec["id"] in seen:
-                bad.append({"stage": "ingest", "id": rec["id"], "file": source.get("path") or source["hf_dataset"], "field": "problem",
-                            "reason": f"duplicate of a problem in {seen[rec['id']]}", "raw": rec["problem"][:2000]})
+                bad.append(
+                    {
+                        "stage": "ingest",
+                        "id": rec["id"],
+                        "file": source.get("path") or source["hf_dataset"],
+                        "field": "problem",
+                        "reason": f"duplicate of a problem in {seen[rec['id']]}",
+                        "raw": rec["problem"][:2000],
+                    }
+                )
             else:
                 seen[rec["id"]] = source["name"]
                 unique.append(rec)

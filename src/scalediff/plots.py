@@ -45,7 +45,9 @@ def histogram(
     _save(fig, path)
 
 
-def loss_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike, title: str) -> None:
+def loss_curves(
+    curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike, title: str
+) -> None:
     """Training loss against step, one line per run."""
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for label, (steps, losses) in curves.items():

@@ -67,7 +67,9 @@ def score_row(job: ShardJob, comps: list[Completion], nothink_id: int, threshold
     ]
 
 
-def run(problems: list[dict[str, Any]], model: str, settings: dict[str, Any], output: str, rejects_path: str) -> dict[str, Any]:
+def run(
+    problems: list[dict[str, Any]], model: str, settings: dict[str, Any], output: str, rejects_path: str
+) -> dict[str, Any]:
     engine = Engine(model, settings["engine"], seed=settings["seed"])
     nothink_id = engine.token_id(NOTHINK)
     jobs, rejects = [], []
@@ -78,23 +80,38 @@ def run(problems: list[dict[str, Any]], model: str, settings: dict[str, Any], ou
             continue
         prompt = engine.chat_prompt([{"role": "user", "content": problem}])
         if not engine.fits(prompt, 1):
-            rejects.append({"stage": "select", "id": row["id"], "field": "problem",
-                            "reason": f"prompt of {len(prompt)} tokens exceeds max_model_len {engine.max_model_len}"})
+            rejects.append(
+                {
+                    "stage": "select",
+                    "id": row["id"],
+                    "field": "problem",
+                    "reason": f"prompt of {len(prompt)} tokens exceeds max_model_len {engine.max_model_len}",
+                }
+            )
             continue
         jobs.append(ShardJob(key=row["id"], prompt=prompt, payload={"id": row["id"]}))
     sampling = {"temperature": 0.0, "max_tokens": 1, "logprobs": settings["select"]["logprobs"]}
     threshold = settings["select"].get("threshold")
     rows = run_shard(
-        engine, jobs, sampling, lambda j, c: score_row(j, c, nothink_id, threshold), output,
-        base_seed=settings["seed"], batch_size=settings["engine"]["batch_size"],
+        engine,
+        jobs,
+        sampling,
+        lambda j, c: score_row(j, c, nothink_id, threshold),
+        output,
+        base_seed=settings["seed"],
+        batch_size=settings["engine"]["batch_size"],
     )
     for r in rows:
         r.pop("key", None)
     write_rows(rows, output, SCORE_SCHEMA)
     write_rejects(rejects, rejects_path)
     ShardCheckpoint(output).discard()
-    counts = {"in": len(problems), "scored": len(rows), "quarantined": len(rejects),
-              "difficult": sum(r["difficult"] for r in rows)}
+    counts = {
+        "in": len(problems),
+        "scored": len(rows),
+        "quarantined": len(rejects),
+        "difficult": sum(r["difficult"] for r in rows),
+    }
     log.info("select: %s", counts)
     return counts
 
@@ -109,7 +126,9 @@ def summarize(scores: list[dict[str, Any]], rejects: list[dict[str, Any]], thres
         "difficult_ratio": difficult / n if n else None,
         "quarantined": len(rejects),
         "quarantined_by_reason": dict(Counter(str(r["reason"]).split(" of ")[0] for r in rejects)),
-        "rule": "argmax (simple iff greedy first token is </think>)" if threshold is None else f"p_nothink < {threshold}",
+        "rule": "argmax (simple iff greedy first token is </think>)"
+        if threshold is None
+        else f"p_nothink < {threshold}",
         "reference_difficult_ratio": 0.34,
     }
 
@@ -149,9 +168,11 @@ def main(argv: list[str] | None = None) -> None:
         summary = summarize(scores, rejects, threshold)
         write_json(summary, args.summary)
         histogram(
-            [r["p_nothink"] for r in scores], args.plot,
+            [r["p_nothink"] for r in scores],
+            args.plot,
             title=f"P(first token = </think>), {summary['scored']} problems, {summary['difficult']} difficult",
-            xlabel="p_nothink", marker=0.5 if threshold is None else threshold,
+            xlabel="p_nothink",
+            marker=0.5 if threshold is None else threshold,
             marker_label="argmax boundary (approx.)" if threshold is None else "threshold",
         )
         log.info("select gather: %s", summary)

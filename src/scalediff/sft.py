@@ -46,11 +46,23 @@ def main(argv: list[str] | None = None) -> None:
     examples = sft_examples(rows)
     cfg = settings["sft"]
     overrides = {k: cfg[k] for k in ("rope_theta", "max_position_embeddings") if cfg.get(k) is not None}
-    log.info("sft: %d rows (%s), %d examples, config overrides %s", len(rows),
-             dict(Counter(r.get("origin") for r in rows)), len(examples), overrides)
+    log.info(
+        "sft: %d rows (%s), %d examples, config overrides %s",
+        len(rows),
+        dict(Counter(r.get("origin") for r in rows)),
+        len(examples),
+        overrides,
+    )
     stats = train(args.base_model, examples, args.output, cfg, loss_csv=args.loss_csv, config_overrides=overrides)
-    write_json({"rows": len(rows), "by_origin": dict(Counter(r.get("origin") for r in rows)),
-                "config_overrides": overrides, **stats}, args.summary)
+    write_json(
+        {
+            "rows": len(rows),
+            "by_origin": dict(Counter(r.get("origin") for r in rows)),
+            "config_overrides": overrides,
+            **stats,
+        },
+        args.summary,
+    )
 
 
 if __name__ == "__main__":

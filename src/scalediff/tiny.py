@@ -139,7 +139,9 @@ def _short_reasoning(row: dict[str, Any], words: int) -> str:
     return text or "Let me work through the problem step by step."
 
 
-def shaping_examples(task: str, corpus: list[dict[str, Any]], tokenizer: Any, n: int, seed: int) -> list[dict[str, str]]:
+def shaping_examples(
+    task: str, corpus: list[dict[str, Any]], tokenizer: Any, n: int, seed: int
+) -> list[dict[str, str]]:
     """{prompt, response} pairs that teach one role its output shape."""
     rng = random.Random(seed)
     eos = tokenizer.eos_token
@@ -166,8 +168,10 @@ def shaping_examples(task: str, corpus: list[dict[str, Any]], tokenizer: Any, n:
                 examples.append({"prompt": "", "response": f"<|im_start|>user\n{row['problem']}<|im_end|>\n"})
     elif task in ("teacher", "student"):
         instruction = "Please reason step by step, and put your final answer within \\boxed{}.\n"
+        solved = [r for r in corpus if (r.get("solution") or "").strip()]
         for _ in range(n):
-            row = rng.choice(corpus)
+            # Half from rows with a written solution, so reasoning text is varied, not one fallback.
+            row = rng.choice(solved if solved and rng.random() < 0.5 else corpus)
             answer = row.get("answer") or "0"
             if task == "teacher":
                 prompt = chat(instruction + row["problem"], enable_thinking=True)

@@ -80,10 +80,10 @@ def train(
     kept = [r for r in rows if r is not None]
     if not kept:
         raise ValueError(f"no trainable examples for {output_dir} ({len(examples)} given)")
-    n_truncated = sum(
-        1 for e, r in zip(examples, rows, strict=True) if r is not None and len(r["input_ids"]) == cutoff
+    n_truncated = sum(1 for e, r in zip(examples, rows, strict=True) if r is not None and len(r["input_ids"]) == cutoff)
+    log.info(
+        "training examples: %d in, %d usable, %d truncated at %d tokens", len(examples), len(kept), n_truncated, cutoff
     )
-    log.info("training examples: %d in, %d usable, %d truncated at %d tokens", len(examples), len(kept), n_truncated, cutoff)
     dataset = Dataset.from_list(kept)
 
     model = load_model(base_model, config_overrides, trust)
