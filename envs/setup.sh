@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv/ at the repo root with the pinned CPU stack and this project (editable install).
-# GPU clusters: envs/requirements-gpu.txt (or the conda env envs/scalediff-gpu.yaml) instead.
+# GPU clusters: envs/requirements-gpu.txt (or the conda env envs/scalediff.yaml with requirements-gpu.txt) instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"

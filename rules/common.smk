@@ -1,5 +1,6 @@
 # Config validation, path helpers and input functions shared by every rule file.
 import json
+import os
 import sys
 
 from snakemake.utils import validate
@@ -8,9 +9,11 @@ validate(config, "../config/schema.yaml")
 
 R = config["results"]  # root of every output
 LOGS = f"{R}/logs"
-PY = (
-    sys.executable
-)  # the interpreter running Snakemake: the project's venv, also inside SLURM jobs
+# Shell commands call `python`: the interpreter running Snakemake (the project's venv, also inside
+# SLURM jobs), unless --use-conda puts the rule's conda env first on PATH.
+shell.prefix(f'export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
+PY = sys.executable  # kept for rule files that still spell it out
+CONDA_ENV = "../envs/scalediff.yaml"
 TINY_ROLES = sorted(config.get("tiny", {}).get("roles", {}))
 BENCHMARKS = sorted(config["benchmarks"])
 EVAL_MODELS = sorted(config["eval"]["models"])
@@ -60,6 +63,23 @@ def role_model(role):
 
 def role_input(role):
     return model_input(config["models"][role])
+
+
+def model_arg(role):
+    """Params function: the model a rule loads (its input dir when built here, else the Hub id)."""
+
+    def resolve(wildcards, input):
+        return input.model if input.get("model") else role_model(role)
+
+    return resolve
+
+
+def eval_model(wildcards):
+    return config["eval"]["models"][wildcards.model]
+
+
+def eval_model_arg(wildcards, input):
+    return input.model if input.get("model") else model_path(eval_model(wildcards))
 
 
 def benchmark_data(benchmark):

@@ -5,18 +5,20 @@ rule diffgen_train:
     input:
         problems=f"{R}/ingest/pool.parquet",
         difficulty=f"{R}/select/difficulty.parquet",
-        base=role_input("generator_base"),
+        model=role_input("generator_base"),
     output:
         model=directory(f"{R}/diffgen/model"),
         loss=f"{R}/diffgen/loss.csv",
         summary=f"{R}/diffgen/train_summary.json",
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/diffgen/train.log",
     params:
-        base=role_model("generator_base"),
+        base=model_arg("generator_base"),
         settings=lambda w: settings(diffgen=config["diffgen"]),
     shell:
-        "{PY} -m scalediff.diffgen train --problems {input.problems} --difficulty {input.difficulty}"
+        "python -m scalediff.diffgen train --problems {input.problems} --difficulty {input.difficulty}"
         " --base-model {params.base} --output {output.model} --loss-csv {output.loss}"
         " --summary {output.summary} --settings {params.settings:q} > {log} 2>&1"
 
@@ -27,6 +29,8 @@ rule diffgen_sample:
     output:
         problems=f"{R}/diffgen/samples/{{scatteritem}}.parquet",
         rejects=f"{R}/diffgen/samples/{{scatteritem}}.rejects.parquet",
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/diffgen/sample_{{scatteritem}}.log",
     params:
@@ -34,7 +38,7 @@ rule diffgen_sample:
             seed=config["seed"], engine=config["engine"], diffgen=config["diffgen"]
         ),
     shell:
-        "{PY} -m scalediff.diffgen sample --model {input.model} --shard {wildcards.scatteritem}"
+        "python -m scalediff.diffgen sample --model {input.model} --shard {wildcards.scatteritem}"
         " --output {output.problems} --rejects {output.rejects} --settings {params.settings:q} > {log} 2>&1"
 
 
@@ -46,10 +50,12 @@ rule diffgen_gather:
         problems=f"{R}/diffgen/generated.parquet",
         rejects=f"{R}/diffgen/rejects.parquet",
         summary=f"{R}/diffgen/summary.json",
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/diffgen/gather.log",
     shell:
-        "{PY} -m scalediff.diffgen gather --shards {input.problems} --shard-rejects {input.rejects}"
+        "python -m scalediff.diffgen gather --shards {input.problems} --shard-rejects {input.rejects}"
         " --output {output.problems} --rejects {output.rejects} --summary {output.summary} > {log} 2>&1"
 
 
@@ -61,14 +67,16 @@ rule select_generated:
     output:
         scores=f"{R}/select/generated/difficulty.parquet",
         rejects=f"{R}/select/generated/rejects.parquet",
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/select/generated.log",
     params:
-        model=role_model("selector"),
+        model=model_arg("selector"),
         settings=lambda w: settings(
             seed=config["seed"], engine=config["engine"], select=config["select"]
         ),
     shell:
-        "{PY} -m scalediff.select shard --problems {input.problems} --model {params.model}"
+        "python -m scalediff.select shard --problems {input.problems} --model {params.model}"
         " --shard 1-of-1 --output {output.scores} --rejects {output.rejects}"
         " --settings {params.settings:q} > {log} 2>&1"

@@ -9,15 +9,17 @@ rule distill_shard:
     output:
         solutions=f"{R}/distill/shards/{{scatteritem}}.parquet",
         rejects=f"{R}/distill/shards/{{scatteritem}}.rejects.parquet",
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/distill/shard_{{scatteritem}}.log",
     params:
-        model=role_model("teacher"),
+        model=model_arg("teacher"),
         settings=lambda w: settings(
             seed=config["seed"], engine=config["engine"], distill=config["distill"]
         ),
     shell:
-        "{PY} -m scalediff.distill shard --generated {input.generated} --pool {input.pool}"
+        "python -m scalediff.distill shard --generated {input.generated} --pool {input.pool}"
         " --model {params.model} --shard {wildcards.scatteritem} --output {output.solutions}"
         " --rejects {output.rejects} --settings {params.settings:q} > {log} 2>&1"
 
@@ -30,8 +32,10 @@ rule distill_gather:
         solutions=f"{R}/distill/solutions.parquet",
         rejects=f"{R}/distill/rejects.parquet",
         summary=f"{R}/distill/summary.json",
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/distill/gather.log",
     shell:
-        "{PY} -m scalediff.distill gather --shards {input.solutions} --shard-rejects {input.rejects}"
+        "python -m scalediff.distill gather --shards {input.solutions} --shard-rejects {input.rejects}"
         " --output {output.solutions} --rejects {output.rejects} --summary {output.summary} > {log} 2>&1"

@@ -1,10 +1,6 @@
 # lighteval on every benchmark for every model in config eval.models, through the engine layer.
 
 
-def eval_model(wildcards):
-    return config["eval"]["models"][wildcards.model]
-
-
 rule eval_benchmark:
     input:
         data=lambda w: benchmark_data(w.benchmark),
@@ -12,10 +8,12 @@ rule eval_benchmark:
     output:
         scores=f"{R}/eval/{{model}}/{{benchmark}}.json",
         details=f"{R}/eval/{{model}}/{{benchmark}}.details.parquet",
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/eval/{{model}}/{{benchmark}}.log",
     params:
-        model=lambda w: model_path(eval_model(w)),
+        model=eval_model_arg,
         seeds=lambda w: config["benchmarks"][w.benchmark]["seeds"],
         limit=lambda w: (
             f"--limit {config['benchmarks'][w.benchmark]['limit']}"
@@ -24,6 +22,6 @@ rule eval_benchmark:
         ),
         settings=lambda w: settings(engine=config["engine"], eval=config["eval"]),
     shell:
-        "{PY} -m scalediff.evaluate --model {params.model} --model-name {wildcards.model}"
+        "python -m scalediff.evaluate --model {params.model} --model-name {wildcards.model}"
         " --benchmark {wildcards.benchmark} --data {input.data} --seeds {params.seeds} {params.limit}"
         " --output {output.scores} --details {output.details} --settings {params.settings:q} > {log} 2>&1"

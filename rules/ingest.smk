@@ -8,10 +8,12 @@ rule ingest:
         pool=f"{R}/ingest/pool.parquet",
         rejects=f"{R}/ingest/rejects.parquet",
         summary=f"{R}/ingest/summary.json",
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/ingest.log",
     params:
         settings=lambda w: settings(seed=config["seed"], pool=config["pool"]),
     shell:
-        "{PY} -m scalediff.ingest --pool {output.pool} --rejects {output.rejects}"
+        "python -m scalediff.ingest --pool {output.pool} --rejects {output.rejects}"
         " --summary {output.summary} --settings {params.settings:q} > {log} 2>&1"

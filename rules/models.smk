@@ -8,11 +8,13 @@ rule tiny_model:
         model=directory(f"{R}/models/tiny/{{role}}"),
         loss=f"{R}/models/tiny/{{role}}.loss.csv",
         summary=f"{R}/models/tiny/{{role}}.json",
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/models/tiny_{{role}}.log",
     threads: 1
     params:
         settings=lambda w: settings(seed=config["seed"], tiny=config["tiny"]),
     shell:
-        "{PY} -m scalediff.tiny --role {wildcards.role} --output {output.model}"
+        "python -m scalediff.tiny --role {wildcards.role} --output {output.model}"
         " --loss-csv {output.loss} --summary {output.summary} --settings {params.settings:q} > {log} 2>&1"

@@ -8,15 +8,17 @@ rule select_shard:
     output:
         scores=f"{R}/select/shards/{{scatteritem}}.parquet",
         rejects=f"{R}/select/shards/{{scatteritem}}.rejects.parquet",
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/select/shard_{{scatteritem}}.log",
     params:
-        model=role_model("selector"),
+        model=model_arg("selector"),
         settings=lambda w: settings(
             seed=config["seed"], engine=config["engine"], select=config["select"]
         ),
     shell:
-        "{PY} -m scalediff.select shard --problems {input.problems} --model {params.model}"
+        "python -m scalediff.select shard --problems {input.problems} --model {params.model}"
         " --shard {wildcards.scatteritem} --output {output.scores} --rejects {output.rejects}"
         " --settings {params.settings:q} > {log} 2>&1"
 
@@ -34,11 +36,13 @@ rule select_gather:
             caption="../report/select_p_nothink.rst",
             category="1. select",
         ),
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/select/gather.log",
     params:
         settings=lambda w: settings(select=config["select"]),
     shell:
-        "{PY} -m scalediff.select gather --shards {input.scores} --shard-rejects {input.rejects}"
+        "python -m scalediff.select gather --shards {input.scores} --shard-rejects {input.rejects}"
         " --output {output.scores} --rejects {output.rejects} --summary {output.summary}"
         " --plot {output.plot} --settings {params.settings:q} > {log} 2>&1"

@@ -5,17 +5,19 @@ rule sft_train:
     input:
         original=f"{R}/filter/dataset/original.parquet",
         generated=f"{R}/filter/dataset/generated.parquet",
-        base=role_input("student_base"),
+        model=role_input("student_base"),
     output:
         model=directory(f"{R}/sft/model"),
         loss=f"{R}/sft/loss.csv",
         summary=f"{R}/sft/summary.json",
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/sft/train.log",
     params:
-        base=role_model("student_base"),
+        base=model_arg("student_base"),
         settings=lambda w: settings(sft=config["sft"]),
     shell:
-        "{PY} -m scalediff.sft --data {input.original} {input.generated} --base-model {params.base}"
+        "python -m scalediff.sft --data {input.original} {input.generated} --base-model {params.base}"
         " --output {output.model} --loss-csv {output.loss} --summary {output.summary}"
         " --settings {params.settings:q} > {log} 2>&1"
