@@ -74,6 +74,13 @@ def model_arg(role):
     return resolve
 
 
+def filter_student_input(wildcards):
+    """The student base is only needed (and built) when the model-based filter is on."""
+    return (
+        role_input("student_base") if config["filter"]["model_based"]["enabled"] else []
+    )
+
+
 def eval_model(wildcards):
     return config["eval"]["models"][wildcards.model]
 

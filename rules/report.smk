@@ -3,7 +3,11 @@
 
 rule report:
     input:
-        scores=expand(f"{R}/eval/{{model}}/{{benchmark}}.json", model=EVAL_MODELS, benchmark=BENCHMARKS),
+        scores=expand(
+            f"{R}/eval/{{model}}/{{benchmark}}.json",
+            model=EVAL_MODELS,
+            benchmark=BENCHMARKS,
+        ),
         select=f"{R}/select/summary.json",
         generated=f"{R}/select/generated/difficulty.parquet",
         pool_difficulty=f"{R}/select/difficulty.parquet",
@@ -12,6 +16,8 @@ rule report:
         funnel=f"{R}/filter/funnel.json",
         sft=f"{R}/sft/summary.json",
         losses=[f"{R}/diffgen/loss.csv", f"{R}/sft/loss.csv"],
+        problems=f"{R}/diffgen/generated.parquet",
+        solutions=f"{R}/distill/solutions.parquet",
         paper="config/paper_table.yaml",
     output:
         table_md=report(
@@ -36,13 +42,19 @@ rule report:
             caption="report/scores.rst",
             category="6. report",
         ),
-    params:
-        baseline=config["report"]["baseline_model"] or "",
+        lengths=report(
+            f"{R}/report/lengths.png",
+            caption="report/lengths.rst",
+            category="6. report",
+        ),
     log:
         f"{LOGS}/report.log",
+    params:
+        baseline=config["report"]["baseline_model"] or "",
     shell:
         "{PY} -m scalediff.report --scores {input.scores} --select-summary {input.select}"
         " --pool-difficulty {input.pool_difficulty} --generated-difficulty {input.generated}"
         " --stage-summaries {input.diffgen} {input.distill} {input.funnel} {input.sft}"
         " --losses {input.losses} --paper-table {input.paper} --baseline-model {params.baseline:q}"
+        " --generated {input.problems} --solutions {input.solutions}"
         " --out-dir {R}/report > {log} 2>&1"

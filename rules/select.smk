@@ -33,7 +33,7 @@ rule select_gather:
         summary=f"{R}/select/summary.json",
         plot=report(
             f"{R}/select/p_nothink.png",
-            caption="../report/select_p_nothink.rst",
+            caption="report/select_p_nothink.rst",
             category="1. select",
         ),
     conda:

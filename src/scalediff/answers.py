@@ -104,7 +104,11 @@ def parse(text: str) -> list:
 
 
 def is_parsable(answer: str) -> bool:
-    return bool(answer.strip()) and bool(parse(wrap_gold(answer)))
+    """math-verify turns the answer into a math object, not only its raw-string fallback.
+
+    For junk such as ``???`` or ``\\frac{`` math-verify returns just the string itself.
+    """
+    return bool(answer.strip()) and any(not isinstance(x, str) for x in parse(wrap_gold(answer)))
 
 
 def _verify(gold: list, pred: list) -> bool:

@@ -38,6 +38,7 @@ from lighteval.tasks.lighteval_task import LightevalTaskConfig
 from lighteval.tasks.registry import Registry
 from lighteval.tasks.requests import Doc, SamplingMethod
 from lighteval.utils.language import Language
+from lighteval.utils.utils import remove_reasoning_tags
 
 from scalediff import answers, cli
 from scalediff.engine import Engine, row_seed
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 
 TASK_SUFFIX = "_sd"  # custom task names must not collide with lighteval's built-ins
 METRIC_NAME = "extractive_match"
+# --remove-reasoning-tags: lighteval strips a block only when both tags are in the output.
+REASONING_TAGS = [("<think>", "</think>")]
 
 
 def extractive_match() -> SampleLevelMetric:
@@ -100,10 +103,8 @@ def task_config(benchmark: str, data_dir: str, instruction: str, max_new_tokens:
 
 def score_with_metric(completion: str, gold: str) -> bool:
     """Score one completion exactly as the pipeline does: tag removal, then the task's metric."""
-    from lighteval.utils.utils import remove_reasoning_tags
-
     doc = make_doc({"id": "x", "problem": "", "answer": gold, "__index": 0}, "score", "")
-    text = remove_reasoning_tags(completion, PipelineParameters(ParallelismManager.CUSTOM).reasoning_tags)
+    text = remove_reasoning_tags(completion, REASONING_TAGS)
     response = ModelResponse(text=[completion], text_post_processed=[text])
     return bool(extractive_match().sample_level_fn.compute(doc, response))
 
@@ -210,7 +211,8 @@ def run_seed(model: EngineModel, config: LightevalTaskConfig, seed: int, workdir
     params = PipelineParameters(
         launcher_type=ParallelismManager.CUSTOM,
         custom_tasks_directory=module,  # Registry accepts a module object here
-        remove_reasoning_tags=True,  # strips <think>…</think> only when both tags are present
+        remove_reasoning_tags=True,
+        reasoning_tags=REASONING_TAGS,
         bootstrap_iters=0,  # stderr over problems is not the seed std we report
     )
     tracker = EvaluationTracker(output_dir=str(Path(workdir) / "lighteval"), save_details=False)

@@ -57,7 +57,9 @@ DEFAULTS: dict[str, Any] = {
     "max_field_chars": 1_000_000,
     "problem": {
         "min_chars": 10,
-        "solution_markers": ["\\boxed{", "the answer is", "final answer:", "</think>"],
+        # regexes (case-insensitive): a problem text containing one is (part of) a solution
+        "solution_markers": [r"\\boxed\s*\{", r"(?:therefore|thus|hence|so),? the (?:final )?answer is",
+                             r"final answer\s*:", r"</?think>", r"^\s*solution\s*:"],
         "question_starts": ["find", "compute", "determine", "calculate", "evaluate", "what", "how", "which",
                             "prove", "show", "simplify", "solve"],
         "max_questions": 1,
@@ -186,26 +188,30 @@ def foreign_letter_fraction(text: str) -> float:
 # ---------------------------------------------------------------------------- problem checks
 _MATH = re.compile(r"\$\$.*?\$\$|\$.*?\$|\\\[.*?\\\]|\\\(.*?\\\)", re.S)
 _SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
-_PART = re.compile(r"(?:^|\s)\(?([a-h]|i{1,3}|iv|v)\)\s", re.I)
+# Sub-question markers: (a) (b) ..., a) b) ..., (1) (2) ...; upper-case (A)..(E) are answer options.
+_PART = re.compile(r"(?:^|\s)\(?(?:[a-h]|[1-9])\)\s")
+
+
+def _is_question(sentence: str, starts: tuple[str, ...]) -> bool:
+    s = sentence.strip()
+    if not s or "your answer" in s.lower():  # "Express your answer as ..." is a format instruction
+        return False
+    return s.endswith("?") or (words(s) or [""])[0] in starts
 
 
 def count_questions(problem: str, question_starts: list[str]) -> tuple[int, int]:
-    """(question sentences, enumerated parts) in a problem, with its math masked out.
+    """(question sentences, enumerated parts that ask something) in a problem, math masked out.
 
-    A question sentence ends in ``?`` or starts with an imperative/question word
-    (``find``, ``compute``, ``what`` ...); parts are ``(a)``/``b)``/``(ii)`` markers.
+    A question sentence ends in ``?`` or starts with an imperative/question word (``find``,
+    ``compute``, ``what`` ...); answer-format instructions ("your answer ...") do not count. A
+    part is a ``(a)``/``b)``/``(2)`` segment containing a question, so enumerated conditions
+    ("(i) n is odd") and answer options ("(A) Line") are not parts.
     """
     text = _MATH.sub(" M ", problem)
     starts = tuple(w.lower() for w in question_starts)
-    questions = 0
-    for sentence in _SENTENCE_END.split(text.strip()):
-        s = sentence.strip()
-        if not s:
-            continue
-        first = (words(s) or [""])[0]
-        if s.endswith("?") or first in starts:
-            questions += 1
-    parts = len({m.group(1).lower() for m in _PART.finditer(" " + text)})
+    questions = sum(_is_question(s, starts) for s in _SENTENCE_END.split(text.strip()))
+    segments = _PART.split(" " + text)[1:]
+    parts = sum(any(_is_question(s, starts) for s in _SENTENCE_END.split(seg.strip())) for seg in segments)
     return questions, parts
 
 
@@ -215,8 +221,7 @@ def problem_reasons(problem: str, cfg: Mapping[str, Any]) -> list[str]:
     if len(stripped) < pcfg["min_chars"]:
         return ["problem_empty"]
     reasons = []
-    low = stripped.lower()
-    if any(m.lower() in low for m in pcfg["solution_markers"]):
+    if any(re.search(m, stripped, re.I) for m in pcfg["solution_markers"]):
         reasons.append("problem_is_solution")
     questions, parts = count_questions(stripped, pcfg["question_starts"])
     if questions > pcfg["max_questions"] or parts > pcfg["max_parts"]:
