@@ -22,9 +22,11 @@ include: "rules/filter.smk"
 include: "rules/sft.smk"
 include: "rules/eval.smk"
 include: "rules/report.smk"
+include: "rules/export.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.report.output,
+        rules.export_llamafactory.output,

@@ -49,12 +49,15 @@ rule report:
         ),
     log:
         f"{LOGS}/report.log",
+    conda:
+        CONDA_ENV
     params:
+        out_dir=lambda w, output: os.path.dirname(output.summary),
         baseline=config["report"]["baseline_model"] or "",
     shell:
-        "{PY} -m scalediff.report --scores {input.scores} --select-summary {input.select}"
+        "python -m scalediff.report --scores {input.scores} --select-summary {input.select}"
         " --pool-difficulty {input.pool_difficulty} --generated-difficulty {input.generated}"
         " --stage-summaries {input.diffgen} {input.distill} {input.funnel} {input.sft}"
         " --losses {input.losses} --paper-table {input.paper} --baseline-model {params.baseline:q}"
         " --generated {input.problems} --solutions {input.solutions}"
-        " --out-dir {R}/report > {log} 2>&1"
+        " --out-dir {params.out_dir} > {log} 2>&1"

@@ -40,17 +40,34 @@ def build_table(ours: list[dict[str, Any]], paper: dict[str, Any]) -> list[dict[
     rows = []
     for r in paper["rows"]:
         means = {b: r["scores"][b][0] for b in benchmarks}
-        rows.append({"model": r["model"], "origin": "paper", "scores": r["scores"],
-                     "avg_weighted": weighted_avg(means, weights), "avg_published": r.get("avg"),
-                     "mean": plain_mean(means, benchmarks)})
+        rows.append(
+            {
+                "model": r["model"],
+                "origin": "paper",
+                "scores": r["scores"],
+                "avg_weighted": weighted_avg(means, weights),
+                "avg_published": r.get("avg"),
+                "mean": plain_mean(means, benchmarks),
+            }
+        )
     by_model: dict[str, dict[str, list[float]]] = {}
+    seeds: dict[str, dict[str, int]] = {}
     for s in ours:
         by_model.setdefault(s["model"], {})[s["benchmark"]] = [s["mean"], s["std"]]
+        seeds.setdefault(s["model"], {})[s["benchmark"]] = len(s["per_seed"])
     for model, scores in by_model.items():
         means = {b: scores[b][0] for b in benchmarks if b in scores}
-        rows.append({"model": model, "origin": "this run", "scores": scores,
-                     "avg_weighted": weighted_avg(means, weights), "avg_published": None,
-                     "mean": plain_mean(means, benchmarks)})
+        rows.append(
+            {
+                "model": model,
+                "origin": "this run",
+                "scores": scores,
+                "seeds": seeds[model],
+                "avg_weighted": weighted_avg(means, weights),
+                "avg_published": None,
+                "mean": plain_mean(means, benchmarks),
+            }
+        )
     return rows
 
 
@@ -78,31 +95,43 @@ def render_markdown(rows: list[dict[str, Any]], paper: dict[str, Any], gains: di
             cells.append("–" if s is None else f"{s[0]:.1f} ± {s[1]:.1f}")
         cells += [_fmt(r["avg_weighted"]), _fmt(r["mean"]), _fmt(r["avg_published"])]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Relative gains (weighted AVG)", ""]
+    for r in rows:
+        if r.get("seeds"):
+            per = ", ".join(f"{cols[b]} {r['seeds'][b]}" for b in cols if b in r["seeds"])
+            lines += ["", f"{r['model']} (this run): std is the population std over seeds (seeds: {per})."]
+    lines += ["", "## Relative gains (paper's weighted AVG)", ""]
+    basis = {"avg_published": "published AVG", "avg_weighted": "computed weighted AVG"}
     for name, g in gains.items():
-        lines.append(f"- {name}: {_fmt(g['avg'])} vs {_fmt(g['baseline_avg'])} ({g['baseline']}) → "
-                     f"{'–' if g['relative'] is None else f'{100 * g['relative']:+.1f}%'}")
+        rel = "–" if g["relative"] is None else f"{100 * g['relative']:+.1f}%"
+        lines.append(
+            f"- {name}: {_fmt(g['avg'])} vs {_fmt(g['baseline_avg'])} ({g['baseline']}) → {rel} ({basis[g['basis']]})"
+        )
     return "\n".join(lines) + "\n"
 
 
 def relative_gains(rows: list[dict[str, Any]], paper: dict[str, Any], our_baseline: str | None) -> dict[str, Any]:
-    def gain(row, base):
+    """Relative gain of the weighted AVG over a baseline row.
+
+    Paper rows use the published (rounded) AVG, as the paper does: +11.3% = 65.9 / 59.2 - 1
+    (the unrounded weighted AVGs give +11.4%). This run's rows use the computed weighted AVG.
+    """
+
+    def gain(row, base, key):
         rel = None
-        if row["avg_weighted"] is not None and base["avg_weighted"]:
-            rel = row["avg_weighted"] / base["avg_weighted"] - 1
-        return {"avg": row["avg_weighted"], "baseline": base["model"], "baseline_avg": base["avg_weighted"],
-                "relative": rel}
+        if row[key] is not None and base[key]:
+            rel = row[key] / base[key] - 1
+        return {"avg": row[key], "baseline": base["model"], "baseline_avg": base[key], "relative": rel, "basis": key}
 
     by_name = {(r["origin"], r["model"]): r for r in rows}
     gains = {}
     paper_base = by_name.get(("paper", paper["baseline"]))
     if paper_base and ("paper", "ScaleDiff-7B") in by_name:
-        gains["ScaleDiff-7B (paper)"] = gain(by_name[("paper", "ScaleDiff-7B")], paper_base)
+        gains["ScaleDiff-7B (paper)"] = gain(by_name[("paper", "ScaleDiff-7B")], paper_base, "avg_published")
     ours = [r for r in rows if r["origin"] == "this run"]
     base = by_name.get(("this run", our_baseline)) if our_baseline else None
     for r in ours:
         if base and r is not base:
-            gains[f"{r['model']} (this run)"] = gain(r, base)
+            gains[f"{r['model']} (this run)"] = gain(r, base, "avg_weighted")
     return gains
 
 
@@ -110,8 +139,16 @@ def write_csv(rows: list[dict[str, Any]], paper: dict[str, Any], path: str) -> N
     cols = list(paper["columns"])
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["model", "source", *[f"{c}_{k}" for c in cols for k in ("mean", "std")],
-                    "avg_weighted_paper", "mean_plain", "avg_published"])
+        w.writerow(
+            [
+                "model",
+                "source",
+                *[f"{c}_{k}" for c in cols for k in ("mean", "std")],
+                "avg_weighted_paper",
+                "mean_plain",
+                "avg_published",
+            ]
+        )
         for r in rows:
             vals = []
             for c in cols:
@@ -121,27 +158,57 @@ def write_csv(rows: list[dict[str, Any]], paper: dict[str, Any], path: str) -> N
 
 
 def plot_scores(rows: list[dict[str, Any]], paper: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Grouped bars per benchmark (mean, error bar = std over seeds), plus the weighted AVG group."""
+    from scalediff.plots import plt, save  # headless backend set there
 
     cols = list(paper["columns"])
-    fig, ax = plt.subplots(figsize=(9, 4))
-    width = 0.8 / max(len(rows), 1)
+    labels = [paper["columns"][c] for c in cols] + ["AVG (weighted)"]
+    fig, ax = plt.subplots(figsize=(11, 4.6))
+    width = 0.85 / max(len(rows), 1)
+    colors = plt.get_cmap("tab20").colors
     for i, r in enumerate(rows):
-        xs = [j + i * width for j in range(len(cols))]
-        means = [r["scores"].get(c, [0, 0])[0] for c in cols]
-        stds = [r["scores"].get(c, [0, 0])[1] for c in cols]
-        ax.bar(xs, means, width, yerr=stds, capsize=2, label=f"{r['model']} ({r['origin']})",
-               hatch="//" if r["origin"] == "this run" else None)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))], [paper["columns"][c] for c in cols])
-    ax.set_ylabel("pass@1 (%)")
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(labels))]
+        scores = [r["scores"].get(c) or [0.0, 0.0] for c in cols]
+        means = [s[0] for s in scores] + [r["avg_weighted"] or 0.0]
+        stds = [s[1] for s in scores] + [0.0]
+        ours = r["origin"] == "this run"
+        ax.bar(
+            xs,
+            means,
+            width,
+            yerr=stds,
+            capsize=1.5,
+            error_kw={"elinewidth": 0.8},
+            color=colors[i % len(colors)],
+            edgecolor="black" if ours else "none",
+            hatch="//" if ours else None,
+            label=f"{r['model']} ({r['origin']})",
+        )
+    ax.set_xticks(range(len(labels)), labels)
+    ax.axvline(len(cols) - 0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_ylabel("pass@1 (%), mean ± std over seeds")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Main table: the paper's published rows (plain) and this run's models (hatched)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    save(fig, path)
+
+
+def token_lengths(generated: list[dict[str, Any]], solutions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Lengths of generated problems (words) and teacher solutions (completion tokens, by origin)."""
+    by_origin: dict[str, list[int]] = {}
+    for r in solutions:
+        by_origin.setdefault(r.get("origin") or "all", []).append(int(r["completion_tokens"]))
+    return {
+        "problem_words": {"generated": [len(r["problem"].split()) for r in generated]},
+        "solution_tokens": dict(sorted(by_origin.items())),
+    }
+
+
+def length_stats(values: list[int]) -> dict[str, float | int | None]:
+    if not values:
+        return {"n": 0, "mean": None, "median": None, "max": None}
+    return {"n": len(values), "mean": statistics.fmean(values), "median": statistics.median(values), "max": max(values)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,10 +221,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--generated-difficulty", required=True)
     ap.add_argument("--stage-summaries", nargs="*", default=[])
     ap.add_argument("--losses", nargs="*", default=[])
+    ap.add_argument("--generated", required=True, help="diffgen/generated.parquet (column problem)")
+    ap.add_argument("--solutions", required=True, help="distill/solutions.parquet (column completion_tokens)")
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
     cli.setup_logging()
-    from scalediff.plots import histogram, loss_curves
+    from scalediff.plots import histogram, histograms, loss_curves
 
     out = Path(args.out_dir)
     paper = yaml.safe_load(Path(args.paper_table).read_text())
@@ -171,24 +240,41 @@ def main(argv: list[str] | None = None) -> None:
 
     pool = read_rows(args.pool_difficulty)
     gen = read_rows(args.generated_difficulty)
-    ratio = {name: (sum(r["difficult"] for r in rs) / len(rs) if rs else None) for name, rs in
-             (("pool", pool), ("generated", gen))}
-    histogram([], str(out / "difficulty.png"), xlabel="p_nothink",
-              title=f"difficult: pool {_fmt(100 * ratio['pool'] if ratio['pool'] is not None else None)}% "
-                    f"vs generated {_fmt(100 * ratio['generated'] if ratio['generated'] is not None else None)}% "
-                    "(paper: ~34% vs ~88%)",
-              series={"pool": [r["p_nothink"] for r in pool], "generated": [r["p_nothink"] for r in gen]})
+    ratio = {
+        name: (sum(r["difficult"] for r in rs) / len(rs) if rs else None)
+        for name, rs in (("pool", pool), ("generated", gen))
+    }
+    histogram(
+        [],
+        str(out / "difficulty.png"),
+        xlabel="p_nothink",
+        title=f"difficult: pool {_fmt(100 * ratio['pool'] if ratio['pool'] is not None else None)}% "
+        f"vs generated {_fmt(100 * ratio['generated'] if ratio['generated'] is not None else None)}% "
+        "(paper: ~34% vs ~88%)",
+        series={"pool": [r["p_nothink"] for r in pool], "generated": [r["p_nothink"] for r in gen]},
+    )
     curves = {}
     for path in args.losses:
         with open(path) as fh:
             rs = list(csv.DictReader(fh))
         curves[Path(path).parent.name] = ([int(r["step"]) for r in rs], [float(r["loss"]) for r in rs])
     loss_curves(curves, str(out / "loss_curves.png"), "training loss")
+    lengths = token_lengths(read_rows(args.generated), read_rows(args.solutions))
+    histograms(
+        [
+            ("generated problems (DiffGen)", "problem length (words)", lengths["problem_words"]),
+            ("teacher solutions (distill)", "solution length (completion tokens)", lengths["solution_tokens"]),
+        ],
+        str(out / "lengths.png"),
+    )
     summary = {
         "difficult_ratio": ratio,
         "reference_difficult_ratio": {"pool": 0.34, "generated": 0.88},
         "gains": gains,
-        "stages": {Path(p).parent.name + "/" + Path(p).stem: read_json(p) for p in args.stage_summaries},
+        "lengths": {kind: {k: length_stats(v) for k, v in d.items()} for kind, d in lengths.items()},
+        "stages": {
+            Path(p).parent.name + "/" + Path(p).stem: read_json(p) for p in [args.select_summary, *args.stage_summaries]
+        },
         "table": rows,
     }
     write_json(summary, out / "summary.json")

@@ -1,0 +1,236 @@
+"""The report: table values from known per-seed results, the paper's AVG formula, the CLI end to end,
+and that every report() caption of the workflow resolves and renders in `snakemake --report`."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scalediff.records import PROBLEM_SCHEMA, read_json, write_json, write_rows
+from scalediff.report import build_table, plain_mean, relative_gains, render_markdown, weighted_avg
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = yaml.safe_load((REPO / "config" / "paper_table.yaml").read_text())
+BENCHMARKS = list(PAPER["columns"])
+
+# this run's per-seed pass@1 (%), as evaluate.py writes them
+PER_SEED = {
+    "scalediff_student": {
+        "aime24": [10.0, 20.0],
+        "aime25": [0.0, 10.0],
+        "hmmt_feb_2025": [5.0, 5.0],
+        "brumo_2025": [30.0, 10.0],
+        "math_500": [40.0],
+    },
+    "student_base": {
+        "aime24": [0.0, 10.0],
+        "aime25": [0.0, 0.0],
+        "hmmt_feb_2025": [0.0, 10.0],
+        "brumo_2025": [10.0, 10.0],
+        "math_500": [30.0],
+    },
+}
+
+
+def eval_json(model: str, benchmark: str, per_seed: list[float]) -> dict:
+    return {
+        "model": model,
+        "benchmark": benchmark,
+        "n_problems": 10,
+        "seeds": list(range(len(per_seed))),
+        "per_seed": per_seed,
+        "mean": statistics.fmean(per_seed),
+        "std": statistics.pstdev(per_seed),
+        "std_kind": "population",
+    }
+
+
+def ours() -> list[dict]:
+    return [eval_json(m, b, v) for m, bs in PER_SEED.items() for b, v in bs.items()]
+
+
+def test_weighted_avg_reproduces_every_published_avg():
+    assert PAPER["weights"] == {"aime24": 1, "aime25": 2, "hmmt_feb_2025": 1, "brumo_2025": 1, "math_500": 1}
+    for row in PAPER["rows"]:
+        means = {b: row["scores"][b][0] for b in BENCHMARKS}
+        assert weighted_avg(means, PAPER["weights"]) == pytest.approx(row["avg"], abs=0.05), row["model"]
+    scalediff = next(r for r in build_table([], PAPER) if r["model"] == "ScaleDiff-7B")
+    assert round(scalediff["avg_weighted"], 1) == 65.9
+    assert scalediff["mean"] == pytest.approx((73.0 + 58.7 + 43.3 + 66.7 + 95.2) / 5)
+    assert weighted_avg({"aime24": 1.0}, PAPER["weights"]) is None  # a missing benchmark: no average
+    assert plain_mean({"aime24": 1.0}, BENCHMARKS) is None
+
+
+def test_table_values_and_gains():
+    rows = build_table(ours(), PAPER)
+    assert [r["origin"] for r in rows] == ["paper"] * len(PAPER["rows"]) + ["this run"] * 2
+    student = next(r for r in rows if r["model"] == "scalediff_student")
+    assert student["scores"]["aime24"] == [15.0, 5.0]
+    assert student["scores"]["brumo_2025"] == [20.0, 10.0]
+    assert student["scores"]["math_500"] == [40.0, 0.0]
+    assert student["seeds"] == {"aime24": 2, "aime25": 2, "hmmt_feb_2025": 2, "brumo_2025": 2, "math_500": 1}
+    assert student["avg_weighted"] == pytest.approx((15 + 2 * 5 + 5 + 20 + 40) / 6)
+    assert student["mean"] == pytest.approx((15 + 5 + 5 + 20 + 40) / 5)
+    assert student["avg_published"] is None
+
+    gains = relative_gains(rows, PAPER, "student_base")
+    paper_gain = gains["ScaleDiff-7B (paper)"]
+    assert f"{100 * paper_gain['relative']:+.1f}%" == "+11.3%"  # 65.9 / 59.2 - 1, as published
+    base_avg = (5 + 0 + 5 + 10 + 30) / 6
+    assert gains["scalediff_student (this run)"]["relative"] == pytest.approx(student["avg_weighted"] / base_avg - 1)
+    assert "student_base (this run)" not in gains
+
+    md = render_markdown(rows, PAPER, gains)
+    for label in (
+        "AVG (paper's weighted)",
+        "mean (plain)",
+        "AVG (published)",
+        "2·AIME25",
+        "+11.3%",
+        *PAPER["columns"].values(),
+    ):
+        assert label in md, label
+    line = next(x for x in md.splitlines() if x.startswith("| scalediff_student |"))
+    assert "| 15.0 ± 5.0 | 5.0 ± 5.0 | 5.0 ± 0.0 | 20.0 ± 10.0 | 40.0 ± 0.0 | 15.0 | 17.0 | – |" in line
+    assert "| ScaleDiff-7B | paper | 73.0 ± 5.0 |" in md and "| 65.9 |" in md
+
+
+@pytest.fixture
+def report_inputs(tmp_path):
+    scores = []
+    for s in ours():
+        path = tmp_path / "eval" / s["model"] / f"{s['benchmark']}.json"
+        write_json(s, path)
+        scores.append(str(path))
+    write_json({"difficult": 3, "total": 4}, tmp_path / "select" / "summary.json")
+    write_json({"kept": 3}, tmp_path / "distill" / "summary.json")
+    write_rows(
+        [{"id": f"p{i}", "difficult": i % 3 == 0, "p_nothink": i / 10} for i in range(10)],
+        tmp_path / "select" / "difficulty.parquet",
+    )
+    write_rows(
+        [{"id": f"g{i}", "difficult": i != 0, "p_nothink": i / 20} for i in range(8)],
+        tmp_path / "select" / "generated" / "difficulty.parquet",
+    )
+    for stage in ("diffgen", "sft"):
+        (tmp_path / stage).mkdir(exist_ok=True)
+        with open(tmp_path / stage / "loss.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["step", "epoch", "loss", "learning_rate", "grad_norm"])
+            for step in range(1, 6):
+                w.writerow([step * 5, step / 5, 5.0 / step, 2e-3, 0.9])
+    problems = ["What is 2+3?", "Find all primes p such that p^2+2 is prime.", "Compute the sum of 1 to 100."]
+    write_rows(
+        [
+            {"id": f"g{i}", "problem": p, "solution": None, "answer": None, "origin": "generated", "source": "s"}
+            for i, p in enumerate(problems)
+        ],
+        tmp_path / "diffgen" / "generated.parquet",
+        PROBLEM_SCHEMA,
+    )
+    write_rows(
+        [
+            {"id": f"x{i}", "origin": "generated" if i % 2 else "original", "completion_tokens": 50 + 10 * i}
+            for i in range(7)
+        ],
+        tmp_path / "distill" / "solutions.parquet",
+    )
+    return tmp_path, scores
+
+
+def test_cli_end_to_end(report_inputs):
+    d, scores = report_inputs
+    out = d / "report"
+    cmd = [
+        sys.executable, "-m", "scalediff.report", "--scores", *scores,
+        "--paper-table", str(REPO / "config" / "paper_table.yaml"), "--baseline-model", "student_base",
+        "--select-summary", str(d / "select" / "summary.json"),
+        "--pool-difficulty", str(d / "select" / "difficulty.parquet"),
+        "--generated-difficulty", str(d / "select" / "generated" / "difficulty.parquet"),
+        "--stage-summaries", str(d / "distill" / "summary.json"),
+        "--losses", str(d / "diffgen" / "loss.csv"), str(d / "sft" / "loss.csv"),
+        "--generated", str(d / "diffgen" / "generated.parquet"),
+        "--solutions", str(d / "distill" / "solutions.parquet"),
+        "--out-dir", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("paper_table.md", "paper_table.csv", "summary.json", "scores.png", "difficulty.png",
+                 "loss_curves.png", "lengths.png"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    with open(out / "paper_table.csv") as fh:
+        table = list(csv.DictReader(fh))
+    cols = [f"{b}_{k}" for b in BENCHMARKS for k in ("mean", "std")]
+    assert list(table[0]) == ["model", "source", *cols, "avg_weighted_paper", "mean_plain", "avg_published"]
+    assert len(table) == len(PAPER["rows"]) + 2
+    student = next(r for r in table if r["model"] == "scalediff_student")
+    assert student["source"] == "this run"
+    assert float(student["aime24_mean"]) == 15.0 and float(student["aime24_std"]) == 5.0
+    assert float(student["avg_weighted_paper"]) == pytest.approx(15.0) and student["avg_published"] == ""
+    paper_row = next(r for r in table if r["model"] == "ScaleDiff-7B")
+    assert float(paper_row["avg_published"]) == 65.9
+
+    summary = read_json(out / "summary.json")
+    assert summary["difficult_ratio"] == {"pool": pytest.approx(0.4), "generated": pytest.approx(7 / 8)}
+    assert summary["lengths"]["solution_tokens"]["original"]["n"] == 4
+    assert summary["lengths"]["problem_words"]["generated"]["max"] == 9
+    assert set(summary["stages"]) == {"select/summary", "distill/summary"}
+    assert "+11.3%" in (out / "paper_table.md").read_text()
+
+
+# ---------------------------------------------------------------- snakemake --report
+
+CAPTION = re.compile(r"""caption\s*=\s*["']([^"']+)["']""")
+
+
+def test_every_caption_resolves_relative_to_its_rule_file():
+    """Snakemake resolves a caption relative to the file that defines the rule (rules/), not the Snakefile."""
+    found = {}
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        for caption in CAPTION.findall(smk.read_text()):
+            found[f"{smk.name}: {caption}"] = (smk.parent / caption).resolve()
+    assert found, "no report() captions found"
+    missing = [k for k, p in found.items() if not p.is_file()]
+    assert not missing, f"caption files missing (paths are relative to rules/): {missing}"
+
+
+def test_snakemake_report_renders_captions(tmp_path):
+    """A minimal workflow laid out like ours (Snakefile including rules/*.smk, captions in rules/report/)
+    with one report() output per caption file: `snakemake --report` renders all of them."""
+    from scalediff.plots import plt, save
+
+    fig, ax = plt.subplots(figsize=(1, 1))
+    ax.plot([0, 1])
+    save(fig, tmp_path / "fig.png")
+    (tmp_path / "rules").mkdir()
+    shutil.copytree(REPO / "rules" / "report", tmp_path / "rules" / "report")
+    captions = sorted(p.stem for p in (tmp_path / "rules" / "report").glob("*.rst"))
+    outputs = [f"out/{name}.{'md' if name == 'paper_table' else 'png'}" for name in captions]
+    rules = []
+    for i, (name, output) in enumerate(zip(captions, outputs, strict=True)):
+        rules.append(
+            f"rule r{i}:\n    input: 'fig.png'\n"
+            f"    output: report('{output}', caption='report/{name}.rst', category='{i}. cat')\n"
+            "    shell: 'cp {input} {output}'\n"
+        )
+    (tmp_path / "rules" / "figs.smk").write_text("\n".join(rules))
+    (tmp_path / "Snakefile").write_text(
+        f"include: 'rules/figs.smk'\n\nrule all:\n    default_target: True\n    input: {outputs}\n"
+    )
+    run = [sys.executable, "-m", "snakemake", "--cores", "1", "--quiet"]
+    proc = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([*run, "--report", "report.html"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "report.html").stat().st_size > 0

@@ -1,0 +1,112 @@
+"""The real workflow through `profiles/slurm` on a real scheduler: sharded model stage + training.
+
+A reduced target of the embedded default (selector scoring over 2 shards, the generator base's
+shaping run and the DiffGen training step) is submitted with sbatch; GPU rules must land on the
+`gpu` partition with a GPU allocated, and the results must equal a local run with the same seeds.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from test_config import _workdir
+from test_slurm import pytestmark, run_snakemake_slurm, slurm_jobs  # noqa: F401  (marks: slurm, skip)
+
+SELECT = "results/select/difficulty.parquet"
+
+
+def _reduce(cfg: dict) -> None:
+    """Shorter shaping runs: these tests check placement and equality, not model quality."""
+    for role in cfg["tiny"]["roles"].values():
+        role["steps"] = 20
+    cfg["diffgen"]["train"]["epochs"] = 1
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> Path:
+    workdir = _workdir(tmp_path_factory.mktemp("local"), "config.yaml", _reduce)
+    res = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", SELECT],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert res.returncode == 0, res.stderr[-5000:]
+    return workdir
+
+
+def _copy_without_select(src: Path, dst: Path) -> Path:
+    """The local run's workdir (tiny selector and pool included) with the selection removed."""
+    shutil.copytree(src, dst, symlinks=True)
+    shutil.rmtree(dst / "results" / "select")
+    return dst
+
+
+def _scores(workdir: Path) -> dict[str, tuple[bool, float]]:
+    rows = pq.read_table(workdir / SELECT).to_pylist()
+    assert len(rows) == len({r["id"] for r in rows}), "a problem scored twice"
+    return {r["id"]: (r["difficult"], r["p_nothink"]) for r in rows}
+
+
+def test_sharded_select_and_training_on_slurm_match_a_local_run(local_run, tmp_path):
+    workdir = _copy_without_select(local_run, tmp_path / "slurm")
+    run_snakemake_slurm(workdir, [SELECT, "results/diffgen/model"])
+
+    jobs = slurm_jobs(workdir)
+    assert len(jobs["select_shard"]) == 2
+    for rule in ("select_shard", "tiny_model", "diffgen_train"):
+        for job in jobs[rule]:
+            assert job.sacct["job"]["Partition"] == "gpu", (rule, job.sacct)
+            assert "gres/gpu=1" in job.sacct["job"]["AllocTRES"], (rule, job.sacct)
+    for job in jobs["select_gather"]:
+        assert job.sacct["job"]["Partition"] == "cpu"
+
+    local, remote = _scores(local_run), _scores(workdir)
+    assert local.keys() == remote.keys()
+    assert all(local[k][0] == remote[k][0] for k in local), "same selector, same greedy decision"
+    assert all(abs(local[k][1] - remote[k][1]) < 1e-4 for k in local)
+    assert (workdir / "results/diffgen/model/config.json").exists()
+
+
+def test_scancel_one_shard_then_rerun_loses_no_row(local_run, tmp_path):
+    workdir = _copy_without_select(local_run, tmp_path / "cancel")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from test_slurm import run_snakemake_slurm as r; "
+            f"r({str(workdir)!r}, [{SELECT!r}], ['--retries', '0'], check=False)",
+        ],
+        cwd=Path(__file__).parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    cancelled = None
+    deadline = time.time() + 600
+    while cancelled is None and time.time() < deadline and proc.poll() is None:
+        out = subprocess.run(["squeue", "-h", "-o", "%i %T %k"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            jobid, state, comment = (line.split(maxsplit=2) + ["", ""])[:3]
+            if state == "RUNNING" and "select_shard" in comment:
+                time.sleep(3)  # let it get into the shard
+                subprocess.run(["scancel", jobid], check=True)
+                cancelled = jobid
+                break
+        time.sleep(0.5)
+    proc.wait(timeout=900)
+    assert cancelled, "no select_shard job was seen running"
+
+    # The rerun completes the missing shard; every pool problem is scored exactly once.
+    run_snakemake_slurm(workdir, [SELECT])
+    pool = pq.read_table(workdir / "results/ingest/pool.parquet").column("id").to_pylist()
+    assert set(_scores(workdir)) == set(pool) - {
+        r["id"] for r in pq.read_table(workdir / "results/select/rejects.parquet").to_pylist()
+    }
+    assert _scores(workdir) == _scores(local_run)
