@@ -33,6 +33,50 @@ def tokenize_pair(tokenizer: Any, prompt: str, response: str, cutoff: int) -> di
     return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
 
 
+def pack(examples: list[dict[str, list[int]]], cutoff: int) -> list[dict[str, list[int]]]:
+    """First-fit-decreasing packing of tokenized examples into rows of at most ``cutoff`` tokens.
+
+    Each packed row carries ``position_ids`` that restart at 0 for every example; with no attention
+    mask, transformers builds a block-diagonal causal mask from them, so packed examples never
+    attend to each other. The first label of every example is masked: no loss across a boundary.
+    """
+    bins: list[list[dict[str, list[int]]]] = []
+    room: list[int] = []
+    for ex in sorted(examples, key=lambda e: len(e["input_ids"]), reverse=True):
+        n = len(ex["input_ids"])
+        slot = next((i for i, free in enumerate(room) if free >= n), None)
+        if slot is None:
+            bins.append([ex])
+            room.append(cutoff - n)
+        else:
+            bins[slot].append(ex)
+            room[slot] -= n
+    rows = []
+    for group in bins:
+        row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+        for ex in group:
+            row["input_ids"] += ex["input_ids"]
+            row["labels"] += [IGNORE] + ex["labels"][1:]
+            row["position_ids"] += list(range(len(ex["input_ids"])))
+        rows.append(row)
+    return rows
+
+
+class FlatCollator:
+    """Concatenate a batch of packed rows into one row (no padding, no attention mask)."""
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        batch: dict[str, Any] = {
+            key: torch.tensor([sum((f[key] for f in features), [])], dtype=torch.long)
+            for key in ("input_ids", "labels", "position_ids")
+        }
+        # transformers derives the packed mask only without a KV cache.
+        batch["use_cache"] = False
+        return batch
+
+
 def load_model(path: str, config_overrides: dict[str, Any] | None = None, trust_remote_code: bool = False):
     """Load a causal LM; overrides (e.g. the student's RoPE edit) go to a copy of its config."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -84,6 +128,10 @@ def train(
     log.info(
         "training examples: %d in, %d usable, %d truncated at %d tokens", len(examples), len(kept), n_truncated, cutoff
     )
+    packing = bool(settings.get("packing", False))
+    if packing:
+        kept = pack(kept, cutoff)
+        log.info("packed into %d rows of <= %d tokens", len(kept), cutoff)
     dataset = Dataset.from_list(kept)
 
     model = load_model(base_model, config_overrides, trust)
@@ -118,7 +166,9 @@ def train(
         model=model,
         args=args,
         train_dataset=dataset,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE),
+        data_collator=FlatCollator()
+        if packing
+        else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE),
     )
     resume = _last_checkpoint(run_dir)
     if resume:
