@@ -89,5 +89,33 @@ def eval_model_arg(wildcards, input):
     return input.model if input.get("model") else model_path(eval_model(wildcards))
 
 
+def train_resources(section):
+    """Rule resources of a training run: nodes and GPUs per node (config), as the slurm plugin
+    reads them (`gres` is per node; `tasks_per_gpu: 0` keeps it from adding --ntasks-per-gpu).
+    """
+    cfg = section["launch"]
+    res = {"nodes": cfg["nodes"], "tasks_per_gpu": 0}
+    if cfg["gpus_per_node"]:
+        res["gres"] = f"gpu:{cfg['gpus_per_node']}"
+    return res
+
+
+def launcher(section):
+    """How a training entry point starts: one process, or torchrun with one worker per GPU
+    (multi-node: one torchrun per node under srun, rendezvous on the first node of the job).
+    """
+    nodes, gpus = section["launch"]["nodes"], section["launch"]["gpus_per_node"]
+    if nodes <= 1 and gpus <= 1:
+        return "python -m"
+    run = f"torchrun --nnodes {nodes} --nproc-per-node {max(gpus, 1)}"
+    if nodes <= 1:
+        return f"{run} --standalone -m"
+    head = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+    return (
+        f"srun --overlap --nodes {nodes} --ntasks-per-node 1 {run} --rdzv-id $SLURM_JOB_ID"
+        f" --rdzv-backend c10d --rdzv-endpoint {head}:29500 -m"
+    )
+
+
 def benchmark_data(benchmark):
     return config["benchmarks"][benchmark].get("path", [])

@@ -10,15 +10,18 @@ rule diffgen_train:
         model=directory(f"{R}/diffgen/model"),
         loss=f"{R}/diffgen/loss.csv",
         summary=f"{R}/diffgen/train_summary.json",
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/diffgen/train.log",
+    conda:
+        CONDA_ENV
+    resources:
+        **train_resources(config["diffgen"]["train"]),
     params:
+        launch=launcher(config["diffgen"]["train"]),
         base=model_arg("generator_base"),
         settings=lambda w: settings(diffgen=config["diffgen"]),
     shell:
-        "python -m scalediff.diffgen train --problems {input.problems} --difficulty {input.difficulty}"
+        "{params.launch} scalediff.diffgen train --problems {input.problems} --difficulty {input.difficulty}"
         " --base-model {params.base} --output {output.model} --loss-csv {output.loss}"
         " --summary {output.summary} --settings {params.settings:q} > {log} 2>&1"
 
@@ -29,10 +32,10 @@ rule diffgen_sample:
     output:
         problems=f"{R}/diffgen/samples/{{scatteritem}}.parquet",
         rejects=f"{R}/diffgen/samples/{{scatteritem}}.rejects.parquet",
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/diffgen/sample_{{scatteritem}}.log",
+    conda:
+        CONDA_ENV
     params:
         settings=lambda w: settings(
             seed=config["seed"], engine=config["engine"], diffgen=config["diffgen"]
@@ -50,10 +53,10 @@ rule diffgen_gather:
         problems=f"{R}/diffgen/generated.parquet",
         rejects=f"{R}/diffgen/rejects.parquet",
         summary=f"{R}/diffgen/summary.json",
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/diffgen/gather.log",
+    conda:
+        CONDA_ENV
     shell:
         "python -m scalediff.diffgen gather --shards {input.problems} --shard-rejects {input.rejects}"
         " --output {output.problems} --rejects {output.rejects} --summary {output.summary} > {log} 2>&1"
@@ -67,10 +70,10 @@ rule select_generated:
     output:
         scores=f"{R}/select/generated/difficulty.parquet",
         rejects=f"{R}/select/generated/rejects.parquet",
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/select/generated.log",
+    conda:
+        CONDA_ENV
     params:
         model=model_arg("selector"),
         settings=lambda w: settings(

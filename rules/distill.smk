@@ -9,10 +9,10 @@ rule distill_shard:
     output:
         solutions=f"{R}/distill/shards/{{scatteritem}}.parquet",
         rejects=f"{R}/distill/shards/{{scatteritem}}.rejects.parquet",
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/distill/shard_{{scatteritem}}.log",
+    conda:
+        CONDA_ENV
     params:
         model=model_arg("teacher"),
         settings=lambda w: settings(
@@ -32,10 +32,10 @@ rule distill_gather:
         solutions=f"{R}/distill/solutions.parquet",
         rejects=f"{R}/distill/rejects.parquet",
         summary=f"{R}/distill/summary.json",
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/distill/gather.log",
+    conda:
+        CONDA_ENV
     shell:
         "python -m scalediff.distill gather --shards {input.solutions} --shard-rejects {input.rejects}"
         " --output {output.solutions} --rejects {output.rejects} --summary {output.summary} > {log} 2>&1"

@@ -8,10 +8,10 @@ rule eval_benchmark:
     output:
         scores=f"{R}/eval/{{model}}/{{benchmark}}.json",
         details=f"{R}/eval/{{model}}/{{benchmark}}.details.parquet",
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/eval/{{model}}/{{benchmark}}.log",
+    conda:
+        CONDA_ENV
     params:
         model=eval_model_arg,
         seeds=lambda w: config["benchmarks"][w.benchmark]["seeds"],

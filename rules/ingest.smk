@@ -8,10 +8,10 @@ rule ingest:
         pool=f"{R}/ingest/pool.parquet",
         rejects=f"{R}/ingest/rejects.parquet",
         summary=f"{R}/ingest/summary.json",
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/ingest.log",
+    conda:
+        CONDA_ENV
     params:
         settings=lambda w: settings(seed=config["seed"], pool=config["pool"]),
     shell:

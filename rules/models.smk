@@ -8,10 +8,10 @@ rule tiny_model:
         model=directory(f"{R}/models/tiny/{{role}}"),
         loss=f"{R}/models/tiny/{{role}}.loss.csv",
         summary=f"{R}/models/tiny/{{role}}.json",
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/models/tiny_{{role}}.log",
+    conda:
+        CONDA_ENV
     threads: 1
     params:
         settings=lambda w: settings(seed=config["seed"], tiny=config["tiny"]),

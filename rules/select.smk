@@ -8,10 +8,10 @@ rule select_shard:
     output:
         scores=f"{R}/select/shards/{{scatteritem}}.parquet",
         rejects=f"{R}/select/shards/{{scatteritem}}.rejects.parquet",
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/select/shard_{{scatteritem}}.log",
+    conda:
+        CONDA_ENV
     params:
         model=model_arg("selector"),
         settings=lambda w: settings(
@@ -36,10 +36,10 @@ rule select_gather:
             caption="report/select_p_nothink.rst",
             category="1. select",
         ),
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/select/gather.log",
+    conda:
+        CONDA_ENV
     params:
         settings=lambda w: settings(select=config["select"]),
     shell:

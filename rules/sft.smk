@@ -10,14 +10,17 @@ rule sft_train:
         model=directory(f"{R}/sft/model"),
         loss=f"{R}/sft/loss.csv",
         summary=f"{R}/sft/summary.json",
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/sft/train.log",
+    conda:
+        CONDA_ENV
+    resources:
+        **train_resources(config["sft"]),
     params:
+        launch=launcher(config["sft"]),
         base=model_arg("student_base"),
         settings=lambda w: settings(sft=config["sft"]),
     shell:
-        "python -m scalediff.sft --data {input.original} {input.generated} --base-model {params.base}"
+        "{params.launch} scalediff.sft --data {input.original} {input.generated} --base-model {params.base}"
         " --output {output.model} --loss-csv {output.loss} --summary {output.summary}"
         " --settings {params.settings:q} > {log} 2>&1"

@@ -31,15 +31,27 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "config" / "data" / "benchmarks"
 ENGINE = {"dtype": "float32", "max_model_len": 4096, "batch_size": 64, "cpu_kv_cache_gb": 1, "enforce_eager": True}
 CFG = with_defaults({})
-GOOD = ("<think>\nAdd the two numbers: two plus three gives five, checked twice.\n</think>\n\n"
-        "The final answer is $\\boxed{5}$.")
+GOOD = (
+    "<think>\nAdd the two numbers: two plus three gives five, checked twice.\n</think>\n\n"
+    "The final answer is $\\boxed{5}$."
+)
 
 
-def sol(pid: str, problem: str = "What is the sum of two and three, written as an integer?", completion: str = GOOD,
-        **kw) -> dict:
-    row = {"id": pid, "sample": 0, "problem": problem, "origin": "generated", "source": "gen-0",
-           "completion": completion, "finish_reason": "stop", "prompt_tokens": 20, "completion_tokens": 40,
-           "answer": None}
+def sol(
+    pid: str, problem: str = "What is the sum of two and three, written as an integer?", completion: str = GOOD, **kw
+) -> dict:
+    row = {
+        "id": pid,
+        "sample": 0,
+        "problem": problem,
+        "origin": "generated",
+        "source": "gen-0",
+        "completion": completion,
+        "finish_reason": "stop",
+        "prompt_tokens": 20,
+        "completion_tokens": 40,
+        "answer": None,
+    }
     row.update(kw)
     return row
 
@@ -56,8 +68,10 @@ def test_good_solution_passes():
 def test_truncated():
     assert "truncated" in reasons(finish_reason="length")
     assert "truncated" in reasons(completion="<think>\nstill thinking about it and never stopping " * 3)
-    assert "truncated" not in solution_reasons(sol("g-1", completion="So $\\boxed{5}$."),
-                                               {**CFG, "require_think_close": False})[0]
+    assert (
+        "truncated"
+        not in solution_reasons(sol("g-1", completion="So $\\boxed{5}$."), {**CFG, "require_think_close": False})[0]
+    )
 
 
 def test_no_boxed_and_box_only_in_reasoning():
@@ -117,7 +131,7 @@ def test_problem_rules():
         "difference of two consecutive cubes; (ii) $2n + 79$ is a perfect square.",
         "Solve for $z$: $1-iz = -1 + iz$. Simplify your answer as much as possible.",
         "Find the curve defined by $r^2 \\cos 2 \\theta = 4.$ (A) Line (B) Circle (C) Parabola (D) Ellipse",
-        "If you think the answer is infinite, then enter \"infinite\". How many matrices $A$ satisfy $A^2=0$?",
+        'If you think the answer is infinite, then enter "infinite". How many matrices $A$ satisfy $A^2=0$?',
     ]:
         assert problem_reasons(ok, CFG) == [], ok
     assert count_questions("Find $x$. Find $y$.", ["find"]) == (2, 0)
@@ -167,11 +181,15 @@ def test_decontamination_catches_planted_benchmark_problems():
         # reformatted: case, whitespace, LaTeX spacing/delimiters -> normalised exact match
         "reformatted": ("  " + aime[5].upper().replace("$", "\\(", 1).replace(" ", "  ") + " ", "aime24"),
         # reworded: new opening and closing sentence, one word changed in the middle
-        "reworded": ("Consider the following. " + long_math.replace(" the ", " a ", 1) + " Justify briefly.",
-                     "math_500"),
+        "reworded": (
+            "Consider the following. " + long_math.replace(" the ", " a ", 1) + " Justify briefly.",
+            "math_500",
+        ),
         # only a 13-word window survives inside otherwise new text
-        "embedded": ("A new story about apples. " + " ".join(aime[10].split()[5:19]) + " And then more new words.",
-                     "aime24"),
+        "embedded": (
+            "A new story about apples. " + " ".join(aime[10].split()[5:19]) + " And then more new words.",
+            "aime24",
+        ),
     }
     for label, (text, bench) in planted.items():
         hit = index.check(text)
@@ -199,15 +217,26 @@ def test_exact_key_normalisation():
 
 
 def test_near_duplicates():
-    base = ("Let $S$ be the set of positive integers $n$ such that $n^2 + 3n + 7$ is divisible by 11 and $n$ is "
-            "less than 500. Find the number of elements of $S$ and the sum of all elements of $S$.")
+    base = (
+        "Let $S$ be the set of positive integers $n$ such that $n^2 + 3n + 7$ is divisible by 11 and $n$ is "
+        "less than 500. Find the number of elements of $S$ and the sum of all elements of $S$."
+    )
     near = base.replace("less than 500", "less than 501")
-    other = ("A circle of radius 5 is inscribed in a right triangle whose hypotenuse has length 26. Find the area "
-             "of the triangle in square units, rounded to the nearest integer.")
-    original = ("Two fair dice are rolled three times. What is the probability that the total of the first roll "
-                "equals the total of the third roll, expressed as a common fraction?")
-    generated = [("g-a", base), ("g-b", near), ("g-c", other), ("g-d", "  " + base.upper()),
-                 ("g-e", original.replace("common", "reduced"))]
+    other = (
+        "A circle of radius 5 is inscribed in a right triangle whose hypotenuse has length 26. Find the area "
+        "of the triangle in square units, rounded to the nearest integer."
+    )
+    original = (
+        "Two fair dice are rolled three times. What is the probability that the total of the first roll "
+        "equals the total of the third roll, expressed as a common fraction?"
+    )
+    generated = [
+        ("g-a", base),
+        ("g-b", near),
+        ("g-c", other),
+        ("g-d", "  " + base.upper()),
+        ("g-e", original.replace("common", "reduced")),
+    ]
     dropped = dedup_problems(generated, [("p-1", original)], CFG["dedup"])
     assert dropped["g-b"] == ("near_duplicate", "g-a")
     assert dropped["g-d"] == ("duplicate", "g-a")
@@ -225,13 +254,30 @@ def _write_parquet(rows: list[dict], path: Path, schema: pa.Schema | None = None
 def _pool(tmp: Path) -> Path:
     """Pool: one original with its own solution (used as-is), two the teacher solved (no solution)."""
     pool = [
-        {"id": "p-aime1", "problem": "Find the number of ordered pairs of positive integers whose product is 12.",
-         "solution": "List them: (1,12),(2,6),(3,4) and reversed gives 6.", "answer": "6", "origin": "original",
-         "source": "aime"},
-        {"id": "p-orig1", "problem": "What is the remainder when 100 is divided by 7? Give the remainder only.",
-         "solution": None, "answer": "2", "origin": "original", "source": "math_train"},
-        {"id": "p-orig2", "problem": "What is the remainder when 200 is divided by 7? Give the remainder only.",
-         "solution": None, "answer": "4", "origin": "original", "source": "math_train"},
+        {
+            "id": "p-aime1",
+            "problem": "Find the number of ordered pairs of positive integers whose product is 12.",
+            "solution": "List them: (1,12),(2,6),(3,4) and reversed gives 6.",
+            "answer": "6",
+            "origin": "original",
+            "source": "aime",
+        },
+        {
+            "id": "p-orig1",
+            "problem": "What is the remainder when 100 is divided by 7? Give the remainder only.",
+            "solution": None,
+            "answer": "2",
+            "origin": "original",
+            "source": "math_train",
+        },
+        {
+            "id": "p-orig2",
+            "problem": "What is the remainder when 200 is divided by 7? Give the remainder only.",
+            "solution": None,
+            "answer": "4",
+            "origin": "original",
+            "source": "math_train",
+        },
     ]
     return _write_parquet(pool, tmp / "pool.parquet")
 
@@ -240,24 +286,54 @@ def _fixture(tmp: Path) -> tuple[Path, Path]:
     """A realistic mix: good, bad, duplicated, contaminated generated rows; originals of both kinds."""
     aime0 = _bench_problems("aime24.jsonl")[0]
     rows = [
-        sol("g-good1", "A bag holds 4 red and 6 blue marbles. How many marbles are in the bag in total?",
-            GOOD.replace("{5}", "{10}")),
-        sol("g-good1", "A bag holds 4 red and 6 blue marbles. How many marbles are in the bag in total?",
-            GOOD.replace("{5}", "{10}"), sample=1),
-        sol("g-good2", "The sides of a rectangle are 3 and 7 units long. What is its perimeter in units?",
-            GOOD.replace("{5}", "{20}")),
-        sol("g-dup", "the sides of a rectangle are 3 and 7 units long.  What is its perimeter in units?",
-            GOOD.replace("{5}", "{20}")),
-        sol("g-trunc", "A train travels 60 miles in 1.5 hours. What is its average speed in miles per hour?",
-            "<think>\nThe speed is distance over", finish_reason="length"),
-        sol("g-nobox", "A square has area 49 square units. What is the length of its side in units?",
-            "<think>\nsqrt 49\n</think>\n\nThe side is 7."),
+        sol(
+            "g-good1",
+            "A bag holds 4 red and 6 blue marbles. How many marbles are in the bag in total?",
+            GOOD.replace("{5}", "{10}"),
+        ),
+        sol(
+            "g-good1",
+            "A bag holds 4 red and 6 blue marbles. How many marbles are in the bag in total?",
+            GOOD.replace("{5}", "{10}"),
+            sample=1,
+        ),
+        sol(
+            "g-good2",
+            "The sides of a rectangle are 3 and 7 units long. What is its perimeter in units?",
+            GOOD.replace("{5}", "{20}"),
+        ),
+        sol(
+            "g-dup",
+            "the sides of a rectangle are 3 and 7 units long.  What is its perimeter in units?",
+            GOOD.replace("{5}", "{20}"),
+        ),
+        sol(
+            "g-trunc",
+            "A train travels 60 miles in 1.5 hours. What is its average speed in miles per hour?",
+            "<think>\nThe speed is distance over",
+            finish_reason="length",
+        ),
+        sol(
+            "g-nobox",
+            "A square has area 49 square units. What is the length of its side in units?",
+            "<think>\nsqrt 49\n</think>\n\nThe side is 7.",
+        ),
         sol("g-multi", "Let $f(x)=2x+1$. Find $f(3)$. Compute $f(f(3))$ as well.", GOOD),
         sol("g-contam", aime0, GOOD.replace("{5}", "{204}")),
-        sol("p-orig1", "What is the remainder when 100 is divided by 7? Give the remainder only.",
-            GOOD.replace("{5}", "{2}"), origin="original", source="math_train"),
-        sol("p-orig2", "What is the remainder when 200 is divided by 7? Give the remainder only.",
-            GOOD.replace("{5}", "{9}"), origin="original", source="math_train"),
+        sol(
+            "p-orig1",
+            "What is the remainder when 100 is divided by 7? Give the remainder only.",
+            GOOD.replace("{5}", "{2}"),
+            origin="original",
+            source="math_train",
+        ),
+        sol(
+            "p-orig2",
+            "What is the remainder when 200 is divided by 7? Give the remainder only.",
+            GOOD.replace("{5}", "{9}"),
+            origin="original",
+            source="math_train",
+        ),
     ]
     return _write_parquet(rows, tmp / "solutions.parquet"), _pool(tmp)
 
@@ -267,24 +343,48 @@ def _benchmarks() -> dict:
 
 
 def _outputs(tmp: Path) -> dict[str, str]:
-    names = {"original": "dataset/original.parquet", "generated": "dataset/generated.parquet",
-             "card": "dataset/README.md", "rejects": "rejects.parquet", "funnel": "funnel.json",
-             "funnel_csv": "funnel.csv", "plot": "funnel.png"}
+    names = {
+        "original": "dataset/original.parquet",
+        "generated": "dataset/generated.parquet",
+        "card": "dataset/README.md",
+        "rejects": "rejects.parquet",
+        "funnel": "funnel.json",
+        "funnel_csv": "funnel.csv",
+        "plot": "funnel.png",
+    }
     return {k: str(tmp / "out" / v) for k, v in names.items()}
 
 
 def _run_all(tmp: Path, solutions: Path, pool: Path, cfg: dict) -> dict:
-    flt.run_rules(str(solutions), str(pool), _benchmarks(), cfg, str(tmp / "cand.parquet"), str(tmp / "rr.parquet"),
-                  str(tmp / "rs.json"))
-    flt.run_model_shard(str(tmp / "cand.parquet"), "unused", 0, 1, {"filter": cfg, "seed": 0, "engine": ENGINE},
-                        str(tmp / "v.parquet"))
-    return flt.run_gather(str(tmp / "cand.parquet"), str(tmp / "rr.parquet"), str(tmp / "rs.json"),
-                          [str(tmp / "v.parquet")], cfg, _outputs(tmp))
+    flt.run_rules(
+        str(solutions),
+        str(pool),
+        _benchmarks(),
+        cfg,
+        str(tmp / "cand.parquet"),
+        str(tmp / "rr.parquet"),
+        str(tmp / "rs.json"),
+    )
+    flt.run_model_shard(
+        str(tmp / "cand.parquet"), "unused", 0, 1, {"filter": cfg, "seed": 0, "engine": ENGINE}, str(tmp / "v.parquet")
+    )
+    return flt.run_gather(
+        str(tmp / "cand.parquet"),
+        str(tmp / "rr.parquet"),
+        str(tmp / "rs.json"),
+        [str(tmp / "v.parquet")],
+        cfg,
+        _outputs(tmp),
+    )
 
 
 def _disabled(**over) -> dict:
-    return {"min_solution_tokens": 8, "max_solution_tokens": 32768,
-            "model_based": {"enabled": False, "shards": 1, "k": 1, "rule": "any"}, **over}
+    return {
+        "min_solution_tokens": 8,
+        "max_solution_tokens": 32768,
+        "model_based": {"enabled": False, "shards": 1, "k": 1, "rule": "any"},
+        **over,
+    }
 
 
 def test_rules_and_gather_end_to_end(tmp_path):
@@ -310,8 +410,15 @@ def test_rules_and_gather_end_to_end(tmp_path):
     assert funnel["paper"]["removed_fraction_generated"] == 0.43
     assert funnel["decontamination"]["benchmarks"]["aime24"]["generated"]["exact"] == 1
     assert funnel["decontamination"]["benchmarks"]["math_500"]["generated"]["13gram"] == 0
-    assert funnel["model_based"] == {"enabled": False, "k": 1, "rule": "any", "rows": 3, "checked": 0,
-                                     "unchecked": 3, "solved_by_student": 0}
+    assert funnel["model_based"] == {
+        "enabled": False,
+        "k": 1,
+        "rule": "any",
+        "rows": 3,
+        "checked": 0,
+        "unchecked": 3,
+        "solved_by_student": 0,
+    }
     card = Path(out["card"]).read_text()
     assert "paper: ~43%" in card and "| aime24 | 30 | 1 |" in card
     assert Path(out["plot"]).stat().st_size > 1000
@@ -324,8 +431,11 @@ def test_rules_and_gather_end_to_end(tmp_path):
 
 def test_accounting_identity_on_messy_input(tmp_path):
     """NaN, wrong types, missing fields, invalid UTF-8, oversized and duplicate rows: nothing crashes or vanishes."""
-    good = sol("g-ok", "A box holds 12 pencils and 9 pens. How many writing tools does the box hold?",
-               GOOD.replace("{5}", "{21}"))
+    good = sol(
+        "g-ok",
+        "A box holds 12 pencils and 9 pens. How many writing tools does the box hold?",
+        GOOD.replace("{5}", "{21}"),
+    )
     rows = [
         good,
         {**good, "sample": 1},
@@ -340,13 +450,18 @@ def test_accounting_identity_on_messy_input(tmp_path):
     ]
     problems = [r["problem"].encode() for r in rows]
     problems[-1] = b"Broken \xff\xfe bytes in a problem statement here"  # invalid UTF-8 in a string column
-    table = pa.table({
-        "id": pa.array([r["id"] for r in rows], pa.string()),
-        "sample": pa.array([r["sample"] for r in rows], pa.float64()),
-        "problem": pa.array(problems, pa.binary()).view(pa.string()),
-        **{k: pa.array([r[k] for r in rows], pa.string()) for k in ("origin", "source", "completion", "finish_reason")},
-        "completion_tokens": pa.array([r["completion_tokens"] for r in rows], pa.int64()),
-    })
+    table = pa.table(
+        {
+            "id": pa.array([r["id"] for r in rows], pa.string()),
+            "sample": pa.array([r["sample"] for r in rows], pa.float64()),
+            "problem": pa.array(problems, pa.binary()).view(pa.string()),
+            **{
+                k: pa.array([r[k] for r in rows], pa.string())
+                for k in ("origin", "source", "completion", "finish_reason")
+            },
+            "completion_tokens": pa.array([r["completion_tokens"] for r in rows], pa.int64()),
+        }
+    )
     solutions = tmp_path / "messy.parquet"
     pq.write_table(table, solutions)
     pool = _pool(tmp_path)
@@ -376,17 +491,27 @@ def test_accounting_identity_on_messy_input(tmp_path):
     assert g["in"] + unknown["in"] == len(rows) and funnel["by_origin"]["original"]["in"] == 1  # the pool row
     assert g["in"] == g["kept"] + g["rejected"] + g["quarantined"]
     # wrong column types: every row quarantined with bad_type, never a crash
-    bad = pa.table({"id": ["g-1", "g-2"], "sample": ["0", "1"], "problem": ["A valid problem text?"] * 2,
-                    "origin": ["generated"] * 2, "source": ["s"] * 2, "completion": [GOOD] * 2,
-                    "finish_reason": ["stop"] * 2, "completion_tokens": [1.5, 40.0]})
+    bad = pa.table(
+        {
+            "id": ["g-1", "g-2"],
+            "sample": ["0", "1"],
+            "problem": ["A valid problem text?"] * 2,
+            "origin": ["generated"] * 2,
+            "source": ["s"] * 2,
+            "completion": [GOOD] * 2,
+            "finish_reason": ["stop"] * 2,
+            "completion_tokens": [1.5, 40.0],
+        }
+    )
     pq.write_table(bad, tmp_path / "bad.parquet")
     funnel = _run_all(tmp_path, tmp_path / "bad.parquet", pool, cfg)
     assert funnel["by_origin"]["generated"]["quarantined"] == 2
     rej = pq.read_table(out["rejects"]).to_pylist()
     assert {r["reason"] for r in rej if r["file"] == "solutions"} == {"bad_type"}
     # a missing column: every row quarantined as missing_field of that column
-    pq.write_table(bad.drop_columns(["finish_reason"]).set_column(1, "sample", pa.array([0, 1])),
-                   tmp_path / "nocol.parquet")
+    pq.write_table(
+        bad.drop_columns(["finish_reason"]).set_column(1, "sample", pa.array([0, 1])), tmp_path / "nocol.parquet"
+    )
     funnel = _run_all(tmp_path, tmp_path / "nocol.parquet", pool, cfg)
     rej = [r for r in pq.read_table(out["rejects"]).to_pylist() if r["file"] == "solutions"]
     assert [r["reason"] for r in rej] == ["missing_field"] * 2
@@ -404,23 +529,73 @@ def test_cli_rules_model_gather(tmp_path):
     py = [sys.executable, "-m", "scalediff.filter"]
     s = ["--settings", json.dumps(settings)]
     cand, rr, rs = tmp_path / "c.parquet", tmp_path / "r.parquet", tmp_path / "s.json"
-    subprocess.run([*py, "rules", "--solutions", str(solutions), "--pool", str(pool), "--candidates", str(cand),
-                    "--rejects", str(rr), "--stats", str(rs), *s], check=True)
+    subprocess.run(
+        [
+            *py,
+            "rules",
+            "--solutions",
+            str(solutions),
+            "--pool",
+            str(pool),
+            "--candidates",
+            str(cand),
+            "--rejects",
+            str(rr),
+            "--stats",
+            str(rs),
+            *s,
+        ],
+        check=True,
+    )
     verdicts = []
     for i in (1, 2):
         v = tmp_path / f"v{i}.parquet"
-        subprocess.run([*py, "model-shard", "--candidates", str(cand), "--model", "none", "--shard", f"{i}-of-2",
-                        "--output", str(v), *s], check=True)
+        subprocess.run(
+            [
+                *py,
+                "model-shard",
+                "--candidates",
+                str(cand),
+                "--model",
+                "none",
+                "--shard",
+                f"{i}-of-2",
+                "--output",
+                str(v),
+                *s,
+            ],
+            check=True,
+        )
         verdicts.append(str(v))
     out = _outputs(tmp_path)
     args = [f"--{k.replace('_', '-')}={v}" for k, v in out.items()]
-    subprocess.run([*py, "gather", "--candidates", str(cand), "--rules-rejects", str(rr), "--rules-stats", str(rs),
-                    "--verdicts", *verdicts, *args, *s], check=True)
+    subprocess.run(
+        [
+            *py,
+            "gather",
+            "--candidates",
+            str(cand),
+            "--rules-rejects",
+            str(rr),
+            "--rules-stats",
+            str(rs),
+            "--verdicts",
+            *verdicts,
+            *args,
+            *s,
+        ],
+        check=True,
+    )
     funnel = json.loads(Path(out["funnel"]).read_text())
     assert funnel["by_origin"]["generated"]["kept"] == 3
     assert sum(pq.read_metadata(v).num_rows for v in verdicts) == 3  # whole problems split over the shards
-    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"dataset", "rejects.parquet", "funnel.json",
-                                                              "funnel.csv", "funnel.png"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {
+        "dataset",
+        "rejects.parquet",
+        "funnel.json",
+        "funnel.csv",
+        "funnel.png",
+    }
 
 
 # ----------------------------------------------------------------------------- model-based (tiny model)
@@ -428,7 +603,6 @@ def test_student_drop_rules():
     assert flt.student_drops(1, 4, "any") and not flt.student_drops(0, 4, "any")
     assert not flt.student_drops(2, 4, "majority") and flt.student_drops(3, 4, "majority")
     assert flt.student_drops(1, 1, "majority")
-
 
 
 @pytest.mark.slow
@@ -441,21 +615,52 @@ def test_model_based_drops_problems_the_student_solves(tmp_path):
     rows = [
         sol("g-seven", "A week has how many days? Answer with a single integer please.", GOOD.replace("{5}", "{7}")),
         sol("g-eight", "How many legs does a spider have? Answer with a single integer.", GOOD.replace("{5}", "{8}")),
-        sol("g-frac", "What is fourteen divided by two, as a reduced fraction or integer?",
-            GOOD.replace("{5}", "{\\frac{14}{2}}")),
+        sol(
+            "g-frac",
+            "What is fourteen divided by two, as a reduced fraction or integer?",
+            GOOD.replace("{5}", "{\\frac{14}{2}}"),
+        ),
     ]
     solutions = _write_parquet(rows, tmp_path / "solutions.parquet")
     pool = _pool(tmp_path)
     # The 40-step student writes its 7 most of the time: 3 samples at T=0.1, `any` rule.
-    cfg = _disabled(model_based={"enabled": True, "shards": 1, "k": 3, "rule": "any", "temperature": 0.1,
-                                 "top_p": 0.95, "max_tokens": 24})
-    flt.run_rules(str(solutions), str(pool), _benchmarks(), cfg, str(tmp_path / "cand.parquet"),
-                  str(tmp_path / "rr.parquet"), str(tmp_path / "rs.json"))
-    stats = flt.run_model_shard(str(tmp_path / "cand.parquet"), str(student), 0, 1,
-                                {"filter": cfg, "seed": 0, "engine": ENGINE}, str(tmp_path / "v.parquet"))
+    cfg = _disabled(
+        model_based={
+            "enabled": True,
+            "shards": 1,
+            "k": 3,
+            "rule": "any",
+            "temperature": 0.1,
+            "top_p": 0.95,
+            "max_tokens": 24,
+        }
+    )
+    flt.run_rules(
+        str(solutions),
+        str(pool),
+        _benchmarks(),
+        cfg,
+        str(tmp_path / "cand.parquet"),
+        str(tmp_path / "rr.parquet"),
+        str(tmp_path / "rs.json"),
+    )
+    stats = flt.run_model_shard(
+        str(tmp_path / "cand.parquet"),
+        str(student),
+        0,
+        1,
+        {"filter": cfg, "seed": 0, "engine": ENGINE},
+        str(tmp_path / "v.parquet"),
+    )
     assert stats == {"rows": 3, "checked": 3, "dropped": 2}
-    funnel = flt.run_gather(str(tmp_path / "cand.parquet"), str(tmp_path / "rr.parquet"), str(tmp_path / "rs.json"),
-                            [str(tmp_path / "v.parquet")], cfg, _outputs(tmp_path))
+    funnel = flt.run_gather(
+        str(tmp_path / "cand.parquet"),
+        str(tmp_path / "rr.parquet"),
+        str(tmp_path / "rs.json"),
+        [str(tmp_path / "v.parquet")],
+        cfg,
+        _outputs(tmp_path),
+    )
     kept = pq.read_table(_outputs(tmp_path)["generated"]).to_pylist()
     assert [r["id"] for r in kept] == ["g-eight"]
     assert funnel["model_based"]["solved_by_student"] == 2

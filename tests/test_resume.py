@@ -7,8 +7,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import ENGINE, build_tiny
+
 from scalediff.records import PROBLEM_SCHEMA, ShardCheckpoint, problem_id, read_rows, write_rows
 
 N = 48

@@ -145,3 +145,79 @@ def test_packed_examples_do_not_attend_to_each_other(tmp_path):
     leaky["position_ids"] = torch.arange(leaky["input_ids"].shape[1])[None]
     assert leaky["use_cache"] is False
     assert summed_loss(leaky) != pytest.approx(alone, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_sft_under_torchrun_with_two_workers(tmp_path):
+    """The multi-GPU launch path (torchrun, one worker per device) on CPU with the gloo backend."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from scalediff.records import read_rows, write_rows
+
+    base = build_tiny(tmp_path / "base")
+    rows = [
+        {
+            "problem": f"What is {i}+{i}?",
+            "solution": f"<think>\nadd\n</think>\n\n$\\boxed{{{2 * i}}}$",
+            "answer": str(2 * i),
+            "id": str(i),
+            "origin": "original",
+            "source": "t",
+        }
+        for i in range(64)
+    ]
+    write_rows(rows, tmp_path / "data.parquet")
+    settings = {
+        "sft": {
+            "epochs": 1,
+            "lr": 1e-3,
+            "scheduler": "linear",
+            "warmup_ratio": 0.0,
+            "weight_decay": 0.0,
+            "per_device_batch_size": 2,
+            "grad_accum": 1,
+            "cutoff": 128,
+            "bf16": False,
+            "seed": 0,
+            "packing": True,
+            "progress": False,
+            "logging_steps": 1,
+        }
+    }
+    torchrun = Path(sys.executable).with_name("torchrun")
+    subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "scalediff.sft",
+            "--data",
+            str(tmp_path / "data.parquet"),
+            "--base-model",
+            str(base),
+            "--output",
+            str(tmp_path / "model"),
+            "--loss-csv",
+            str(tmp_path / "loss.csv"),
+            "--summary",
+            str(tmp_path / "summary.json"),
+            "--settings",
+            json.dumps(settings),
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    # Two workers split the packed rows: half the optimizer steps of one worker with the same batch.
+    assert summary["examples_used"] == 64
+    assert summary["steps"] == -(-summary["packed_rows"] // 4)
+    assert (tmp_path / "model" / "config.json").exists() and not (tmp_path / "model.tmp").exists()
+    assert read_rows(tmp_path / "data.parquet")  # inputs untouched

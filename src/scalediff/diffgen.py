@@ -42,12 +42,13 @@ def qft_examples(problems: list[dict[str, Any]], difficulty: list[dict[str, Any]
 
 
 def train_generator(args: argparse.Namespace, settings: dict[str, Any]) -> None:
-    from scalediff.train import train
+    from scalediff.train import is_main_process, train
 
     examples = qft_examples(read_rows(args.problems), read_rows(args.difficulty))
     log.info("diffgen train: %d difficult problems", len(examples))
     stats = train(args.base_model, examples, args.output, settings["diffgen"]["train"], loss_csv=args.loss_csv)
-    write_json({"difficult_problems": len(examples), **stats}, args.summary)
+    if is_main_process():
+        write_json({"difficult_problems": len(examples), **stats}, args.summary)
 
 
 def generated_row(job: ShardJob, comps: list[Completion]) -> list[dict[str, Any]]:

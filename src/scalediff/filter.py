@@ -140,8 +140,11 @@ def iter_rows(path: str | Path, batch_size: int = 512) -> Iterator[dict[str, Any
 
 
 def _raw(row: dict[str, Any], limit: int = 300) -> str:
-    return json.dumps({k: (v[:limit] if isinstance(v, str) else v) for k, v in row.items() if not k.startswith("_")},
-                      default=repr, ensure_ascii=False)[: 4 * limit]
+    return json.dumps(
+        {k: (v[:limit] if isinstance(v, str) else v) for k, v in row.items() if not k.startswith("_")},
+        default=repr,
+        ensure_ascii=False,
+    )[: 4 * limit]
 
 
 def _text(value: Any) -> str | None:
@@ -155,8 +158,20 @@ def _int(value: Any) -> int | None:
 class _Verdict:
     """What happened to one input row (kept unless ``reasons`` is non-empty)."""
 
-    __slots__ = ("file", "row", "id", "sample", "origin", "source", "status", "reasons", "field", "detail", "raw",
-                 "answer")
+    __slots__ = (
+        "file",
+        "row",
+        "id",
+        "sample",
+        "origin",
+        "source",
+        "status",
+        "reasons",
+        "field",
+        "detail",
+        "raw",
+        "answer",
+    )
 
     def __init__(self, file: str, row: dict[str, Any]):
         self.file, self.row = file, row["_row"]
@@ -191,10 +206,20 @@ class _Verdict:
     def reject_row(self) -> dict[str, Any]:
         reason = self.reason
         return {
-            "stage": "filter", "id": self.id, "sample": self.sample, "origin": self.origin, "source": self.source,
-            "file": self.file, "row": self.row, "status": self.status, "filter": FILTER_OF_REASON[reason],
-            "reason": reason, "reasons": ",".join(sorted(self.reasons, key=_RANK.__getitem__)), "field": self.field,
-            "detail": "; ".join(f"{k}: {v}" for k, v in self.detail.items()) or None, "raw": self.raw,
+            "stage": "filter",
+            "id": self.id,
+            "sample": self.sample,
+            "origin": self.origin,
+            "source": self.source,
+            "file": self.file,
+            "row": self.row,
+            "status": self.status,
+            "filter": FILTER_OF_REASON[reason],
+            "reason": reason,
+            "reasons": ",".join(sorted(self.reasons, key=_RANK.__getitem__)),
+            "field": self.field,
+            "detail": "; ".join(f"{k}: {v}" for k, v in self.detail.items()) or None,
+            "raw": self.raw,
         }
 
 
@@ -224,8 +249,15 @@ def load_benchmarks(benchmarks: dict[str, dict[str, Any]], cfg: dict[str, Any]) 
 
 
 # ============================================================================ rules
-def run_rules(solutions: str, pool: str, benchmarks: dict[str, dict[str, Any]], raw_cfg: dict[str, Any],
-              candidates_path: str, rejects_path: str, stats_path: str) -> dict[str, Any]:
+def run_rules(
+    solutions: str,
+    pool: str,
+    benchmarks: dict[str, dict[str, Any]],
+    raw_cfg: dict[str, Any],
+    candidates_path: str,
+    rejects_path: str,
+    stats_path: str,
+) -> dict[str, Any]:
     cfg = with_defaults(raw_cfg)
     ocfg = cfg["original"]
     max_chars = cfg["max_field_chars"]
@@ -302,8 +334,11 @@ def run_rules(solutions: str, pool: str, benchmarks: dict[str, dict[str, Any]], 
     kept = _write_candidates(candidates_path, pool, pool_verdicts, solutions, sol_verdicts)
     write_rows([v.reject_row() for v in verdicts if v.status != "kept"], rejects_path, FILTER_REJECT_SCHEMA)
     stats = {
-        "inputs": {"solutions": len(sol_verdicts), "pool_with_solution": len(pool_verdicts),
-                   "pool_without_solution": pool_without_solution},
+        "inputs": {
+            "solutions": len(sol_verdicts),
+            "pool_with_solution": len(pool_verdicts),
+            "pool_without_solution": pool_without_solution,
+        },
         "rows": _row_counts(verdicts),
         "hits": _hit_counts(verdicts),
         "problems_kept": dict(Counter(o for o, _ in {(v.origin, v.id) for v in verdicts if v.status == "kept"})),
@@ -317,8 +352,14 @@ def run_rules(solutions: str, pool: str, benchmarks: dict[str, dict[str, Any]], 
     return stats
 
 
-def _decontaminate(bench: BenchmarkIndex, sol: list[_Verdict], pool_v: list[_Verdict], problem_text: dict[str, str],
-                   pool_problems: list[tuple[str, str]], ocfg: dict[str, Any]) -> dict[str, Any]:
+def _decontaminate(
+    bench: BenchmarkIndex,
+    sol: list[_Verdict],
+    pool_v: list[_Verdict],
+    problem_text: dict[str, str],
+    pool_problems: list[tuple[str, str]],
+    ocfg: dict[str, Any],
+) -> dict[str, Any]:
     texts = dict(pool_problems) | problem_text
     origin_of: dict[str, str] = {}
     for v in pool_v + sol:
@@ -357,8 +398,9 @@ def _decontaminate(bench: BenchmarkIndex, sol: list[_Verdict], pool_v: list[_Ver
         "original_policy": ocfg["decontaminate"],
         "benchmark_sizes": bench.sizes,
         "benchmark_rows_skipped": bench.skipped,
-        "benchmarks": {name: {o: {k: c.get(k, 0) for k in keys} for o, c in by.items()}
-                       for name, by in per_bench.items()},
+        "benchmarks": {
+            name: {o: {k: c.get(k, 0) for k in keys} for o, c in by.items()} for name, by in per_bench.items()
+        },
     }
 
 
@@ -379,13 +421,30 @@ def _write_candidates(path: str, pool: str, pool_v: list[_Verdict], solutions: s
                 if v is None:
                     continue
                 if file == "pool":
-                    rec = {"solution": row["solution"], "answer": _text(row.get("answer")), "sample": None,
-                           "solution_tokens": None}
+                    rec = {
+                        "solution": row["solution"],
+                        "answer": _text(row.get("answer")),
+                        "sample": None,
+                        "solution_tokens": None,
+                    }
                 else:
-                    rec = {"solution": row["completion"], "answer": v.answer, "sample": int(row["sample"]),
-                           "solution_tokens": int(row["completion_tokens"])}
-                buffer.append({**rec, "problem": row["problem"], "id": row["id"], "origin": row["origin"],
-                               "source": row["source"], "file": file, "row": row["_row"]})
+                    rec = {
+                        "solution": row["completion"],
+                        "answer": v.answer,
+                        "sample": int(row["sample"]),
+                        "solution_tokens": int(row["completion_tokens"]),
+                    }
+                buffer.append(
+                    {
+                        **rec,
+                        "problem": row["problem"],
+                        "id": row["id"],
+                        "origin": row["origin"],
+                        "source": row["source"],
+                        "file": file,
+                        "row": row["_row"],
+                    }
+                )
                 written += 1
                 if len(buffer) >= 256:
                     flush()
@@ -411,8 +470,9 @@ def _hit_counts(verdicts: list[_Verdict]) -> dict[str, dict[str, int]]:
     out: dict[str, Counter] = defaultdict(Counter)
     for v in verdicts:
         if v.status != "quarantined":
-            out[v.origin].update(r for r in v.reasons if FILTER_OF_REASON[r] in ("problem", "solution",
-                                                                                 "decontamination"))
+            out[v.origin].update(
+                r for r in v.reasons if FILTER_OF_REASON[r] in ("problem", "solution", "decontamination")
+            )
     return {o: dict(c) for o, c in out.items()}
 
 
@@ -422,8 +482,9 @@ def student_drops(agree: int, k: int, rule: str) -> bool:
     return agree >= 1 if rule == "any" else agree * 2 > k
 
 
-def run_model_shard(candidates: str, model: str, shard: int, n_shards: int, settings: dict[str, Any],
-                    output: str) -> dict[str, Any]:
+def run_model_shard(
+    candidates: str, model: str, shard: int, n_shards: int, settings: dict[str, Any], output: str
+) -> dict[str, Any]:
     """Student verdicts for one shard of the generated candidates (whole problems per shard)."""
 
     mb = with_defaults(settings["filter"])["model_based"]
@@ -434,12 +495,19 @@ def run_model_shard(candidates: str, model: str, shard: int, n_shards: int, sett
     rows = [r for r in rows if r["id"] in mine]
     k, rule = int(mb["k"]), mb["rule"]
 
-    def verdict(r: dict[str, Any], checked: bool, agree: int = 0, answers: list | None = None,
-                note: str | None = None) -> dict[str, Any]:
-        return {"id": r["id"], "sample": r["sample"], "checked": checked, "k": k if checked else 0, "agree": agree,
-                "drop": checked and student_drops(agree, k, rule),
-                "student_answers": json.dumps(answers, ensure_ascii=False) if answers is not None else None,
-                "note": note}
+    def verdict(
+        r: dict[str, Any], checked: bool, agree: int = 0, answers: list | None = None, note: str | None = None
+    ) -> dict[str, Any]:
+        return {
+            "id": r["id"],
+            "sample": r["sample"],
+            "checked": checked,
+            "k": k if checked else 0,
+            "agree": agree,
+            "drop": checked and student_drops(agree, k, rule),
+            "student_answers": json.dumps(answers, ensure_ascii=False) if answers is not None else None,
+            "note": note,
+        }
 
     if not mb["enabled"] or not rows:
         out = [verdict(r, False, note="model-based filter disabled" if not mb["enabled"] else None) for r in rows]
@@ -465,27 +533,55 @@ def run_model_shard(candidates: str, model: str, shard: int, n_shards: int, sett
     longest = max((len(j.prompt) for j in jobs), default=0)
     # vLLM refuses n > 1 with greedy decoding; greedy samples are identical, so one stands for all k.
     greedy = float(mb["temperature"]) == 0.0
-    sampling = {"temperature": mb["temperature"], "top_p": mb["top_p"], "n": 1 if greedy else k,
-                "max_tokens": max(1, min(mb["max_tokens"], engine.max_model_len - longest))}
+    sampling = {
+        "temperature": mb["temperature"],
+        "top_p": mb["top_p"],
+        "n": 1 if greedy else k,
+        "max_tokens": max(1, min(mb["max_tokens"], engine.max_model_len - longest)),
+    }
 
     def to_rows(job: ShardJob, comps: list) -> list[dict[str, Any]]:
         # Compare here (main thread, math-verify timeouts work) so the checkpoint stays small.
         comps = comps * k if greedy else comps
-        agree = {str(s): sum(score_prediction(c.text, ans) for c in comps) if ans else 0
-                 for s, ans in job.payload["teacher"].items()}
-        return [{"answers": [final_answer(c.text) for c in comps],
-                 "finish": [c.finish_reason for c in comps], "agree": agree}]
+        agree = {
+            str(s): sum(score_prediction(c.text, ans) for c in comps) if ans else 0
+            for s, ans in job.payload["teacher"].items()
+        }
+        return [
+            {
+                "answers": [final_answer(c.text) for c in comps],
+                "finish": [c.finish_reason for c in comps],
+                "agree": agree,
+            }
+        ]
 
-    done = {r["key"]: r for r in run_shard(engine, jobs, sampling, to_rows, output, base_seed=settings["seed"],
-                                           batch_size=settings["engine"]["batch_size"])}
+    done = {
+        r["key"]: r
+        for r in run_shard(
+            engine,
+            jobs,
+            sampling,
+            to_rows,
+            output,
+            base_seed=settings["seed"],
+            batch_size=settings["engine"]["batch_size"],
+        )
+    }
     out = []
     for r in rows:
         if r["id"] in too_long:
             out.append(verdict(r, False, note=f"prompt exceeds max_model_len {engine.max_model_len}: kept unchecked"))
         else:
             res = done[r["id"]]
-            out.append(verdict(r, True, int(res["agree"][str(r["sample"])]), res["answers"],
-                               note=None if r["answer"] else "no teacher answer"))
+            out.append(
+                verdict(
+                    r,
+                    True,
+                    int(res["agree"][str(r["sample"])]),
+                    res["answers"],
+                    note=None if r["answer"] else "no teacher answer",
+                )
+            )
     write_rows(out, output, VERDICT_SCHEMA)
     ShardCheckpoint(output).discard()
     stats = {"rows": len(out), "checked": sum(v["checked"] for v in out), "dropped": sum(v["drop"] for v in out)}
@@ -494,8 +590,14 @@ def run_model_shard(candidates: str, model: str, shard: int, n_shards: int, sett
 
 
 # ============================================================================ gather
-def run_gather(candidates: str, rules_rejects: str, rules_stats: str, verdict_paths: list[str],
-               raw_cfg: dict[str, Any], out: dict[str, str]) -> dict[str, Any]:
+def run_gather(
+    candidates: str,
+    rules_rejects: str,
+    rules_stats: str,
+    verdict_paths: list[str],
+    raw_cfg: dict[str, Any],
+    out: dict[str, str],
+) -> dict[str, Any]:
     cfg = with_defaults(raw_cfg)
     stats = read_json(rules_stats)
     verdicts: dict[tuple[str, int], dict[str, Any]] = {}
@@ -511,8 +613,12 @@ def run_gather(candidates: str, rules_rejects: str, rules_stats: str, verdict_pa
     kept_ids: dict[str, set[str]] = {"original": set(), "generated": set()}
     tokens: list[int] = []
     seen_generated = 0
-    with atomic_path(out["original"]) as tmp_o, atomic_path(out["generated"]) as tmp_g, \
-            pq.ParquetWriter(tmp_o, DATASET_SCHEMA) as w_orig, pq.ParquetWriter(tmp_g, DATASET_SCHEMA) as w_gen:
+    with (
+        atomic_path(out["original"]) as tmp_o,
+        atomic_path(out["generated"]) as tmp_g,
+        pq.ParquetWriter(tmp_o, DATASET_SCHEMA) as w_orig,
+        pq.ParquetWriter(tmp_g, DATASET_SCHEMA) as w_gen,
+    ):
         writers = {"original": w_orig, "generated": w_gen}
         for batch in pq.ParquetFile(candidates).iter_batches(batch_size=256):
             parts: dict[str, list[dict[str, Any]]] = {"original": [], "generated": []}
@@ -523,12 +629,25 @@ def run_gather(candidates: str, rules_rejects: str, rules_stats: str, verdict_pa
                     if v is None:
                         raise RuntimeError(f"no model-based verdict for generated candidate {r['id']}#{r['sample']}")
                     if v["drop"]:
-                        model_rejects.append({
-                            "stage": "filter", "id": r["id"], "sample": r["sample"], "origin": r["origin"],
-                            "source": r["source"], "file": r["file"], "row": r["row"], "status": "rejected",
-                            "filter": "model_based", "reason": "student_solved", "reasons": "student_solved",
-                            "detail": f"{v['agree']}/{v['k']} student answers {v['student_answers']} agree with "
-                                      f"teacher {r['answer']!r}", "field": None, "raw": None})
+                        model_rejects.append(
+                            {
+                                "stage": "filter",
+                                "id": r["id"],
+                                "sample": r["sample"],
+                                "origin": r["origin"],
+                                "source": r["source"],
+                                "file": r["file"],
+                                "row": r["row"],
+                                "status": "rejected",
+                                "filter": "model_based",
+                                "reason": "student_solved",
+                                "reasons": "student_solved",
+                                "detail": f"{v['agree']}/{v['k']} student answers {v['student_answers']} agree with "
+                                f"teacher {r['answer']!r}",
+                                "field": None,
+                                "raw": None,
+                            }
+                        )
                         continue
                 parts[r["origin"]].append({k: r[k] for k in DATASET_SCHEMA.names})
                 kept[r["origin"]] += 1
@@ -552,13 +671,22 @@ def run_gather(candidates: str, rules_rejects: str, rules_stats: str, verdict_pa
     _write_funnel_csv(funnel, out["funnel_csv"])
     _write_card(funnel, cfg, tokens, out["card"])
     plot_funnel(funnel, out["plot"])
-    log.info("filter gather: kept %s, generated removed fraction %s", kept,
-             funnel["by_origin"]["generated"]["removed_fraction"])
+    log.info(
+        "filter gather: kept %s, generated removed fraction %s",
+        kept,
+        funnel["by_origin"]["generated"]["removed_fraction"],
+    )
     return funnel
 
 
-def build_funnel(stats: dict[str, Any], model_rejects: list[dict[str, Any]], verdicts: dict, kept: dict[str, int],
-                 kept_ids: dict[str, set[str]], cfg: dict[str, Any]) -> dict[str, Any]:
+def build_funnel(
+    stats: dict[str, Any],
+    model_rejects: list[dict[str, Any]],
+    verdicts: dict,
+    kept: dict[str, int],
+    kept_ids: dict[str, set[str]],
+    cfg: dict[str, Any],
+) -> dict[str, Any]:
     by_origin: dict[str, Any] = {}
     for origin, counts in stats["rows"].items():
         removed_by = Counter(counts["rejected"]) + Counter(counts["quarantined"])
@@ -568,19 +696,26 @@ def build_funnel(stats: dict[str, Any], model_rejects: list[dict[str, Any]], ver
         for name in FILTER_ORDER:
             reasons = {r: n for r, n in removed_by.items() if FILTER_OF_REASON[r] == name}
             removed = sum(reasons.values())
-            steps.append({"filter": name, "in": remaining, "removed": removed, "out": remaining - removed,
-                          "reasons": reasons})
+            steps.append(
+                {"filter": name, "in": remaining, "removed": removed, "out": remaining - removed, "reasons": reasons}
+            )
             remaining -= removed
         final = kept.get(origin, 0)
         n_quarantined = sum(counts["quarantined"].values())
         n_rejected = sum(counts["rejected"].values()) + (len(model_rejects) if origin == "generated" else 0)
         if remaining != final or counts["in"] != final + n_quarantined + n_rejected:
-            raise RuntimeError(f"accounting identity broken for {origin}: in {counts['in']}, kept {final}, "
-                               f"rejected {n_rejected}, quarantined {n_quarantined}, funnel end {remaining}")
+            raise RuntimeError(
+                f"accounting identity broken for {origin}: in {counts['in']}, kept {final}, "
+                f"rejected {n_rejected}, quarantined {n_quarantined}, funnel end {remaining}"
+            )
         by_origin[origin] = {
-            "in": counts["in"], "kept": final, "rejected": n_rejected, "quarantined": n_quarantined,
+            "in": counts["in"],
+            "kept": final,
+            "rejected": n_rejected,
+            "quarantined": n_quarantined,
             "removed_fraction": round(1 - final / counts["in"], 4) if counts["in"] else None,
-            "problems_kept": len(kept_ids.get(origin, ())), "steps": steps,
+            "problems_kept": len(kept_ids.get(origin, ())),
+            "steps": steps,
         }
     mb = cfg["model_based"]
     checked = [v for v in verdicts.values() if v["checked"]]
@@ -590,9 +725,15 @@ def build_funnel(stats: dict[str, Any], model_rejects: list[dict[str, Any]], ver
         "by_origin": by_origin,
         "hits": stats["hits"],
         "decontamination": stats["decontamination"],
-        "model_based": {"enabled": mb["enabled"], "k": mb["k"], "rule": mb["rule"], "rows": len(verdicts),
-                        "checked": len(checked), "unchecked": len(verdicts) - len(checked),
-                        "solved_by_student": len(model_rejects)},
+        "model_based": {
+            "enabled": mb["enabled"],
+            "k": mb["k"],
+            "rule": mb["rule"],
+            "rows": len(verdicts),
+            "checked": len(checked),
+            "unchecked": len(verdicts) - len(checked),
+            "solved_by_student": len(model_rejects),
+        },
         "paper": {"removed_fraction_generated": PAPER_REMOVED_FRACTION},
         "removed_fraction_generated": by_origin.get("generated", {}).get("removed_fraction"),
         "thresholds": {k: v for k, v in cfg.items() if k != "model_based"} | {"model_based": mb},
@@ -638,8 +779,11 @@ def _write_card(funnel: dict[str, Any], cfg: dict[str, Any], tokens: list[int], 
         "",
         "| split | rows in | kept | rejected | quarantined | removed | problems kept |",
         "|---|---|---|---|---|---|---|",
-        *(f"| {name} | {d['in']} | {d['kept']} | {d['rejected']} | {d['quarantined']} | "
-          f"{_pct(d['removed_fraction'])} | {d['problems_kept']} |" for name, d in (("original", o), ("generated", g))),
+        *(
+            f"| {name} | {d['in']} | {d['kept']} | {d['rejected']} | {d['quarantined']} | "
+            f"{_pct(d['removed_fraction'])} | {d['problems_kept']} |"
+            for name, d in (("original", o), ("generated", g))
+        ),
         "",
         f"Generated pairs removed: {_pct(frac)} (paper: ~{PAPER_REMOVED_FRACTION:.0%}).",
         f"Mean teacher solution length: {sum(tokens) / len(tokens):.0f} tokens." if tokens else "",
@@ -675,8 +819,11 @@ def _write_card(funnel: dict[str, Any], cfg: dict[str, Any], tokens: list[int], 
         "",
         "| benchmark | size | generated exact | generated n-gram | original exact | original n-gram |",
         "|---|---|---|---|---|---|",
-        *(f"| {b} | {dc['benchmark_sizes'].get(b, 0)} | {d['generated']['exact']} | {d['generated'][ngram]} | "
-          f"{d['original']['exact']} | {d['original'][ngram]} |" for b, d in sorted(dc["benchmarks"].items())),
+        *(
+            f"| {b} | {dc['benchmark_sizes'].get(b, 0)} | {d['generated']['exact']} | {d['generated'][ngram]} | "
+            f"{d['original']['exact']} | {d['original'][ngram]} |"
+            for b, d in sorted(dc["benchmarks"].items())
+        ),
         "",
     ]
     with atomic_path(path) as tmp:
@@ -700,14 +847,20 @@ def plot_funnel(funnel: dict[str, Any], path: str) -> None:
             text = f"{val}" + (f"  (-{step['removed']})" if step and step["removed"] else "")
             ax.text(val, i, " " + text, va="center", fontsize=8)
         if origin == "generated" and data["in"]:
-            ax.axvline(data["in"] * (1 - PAPER_REMOVED_FRACTION), color="crimson", linestyle="--",
-                       label=f"paper: ~{PAPER_REMOVED_FRACTION:.0%} removed")
+            ax.axvline(
+                data["in"] * (1 - PAPER_REMOVED_FRACTION),
+                color="crimson",
+                linestyle="--",
+                label=f"paper: ~{PAPER_REMOVED_FRACTION:.0%} removed",
+            )
             ax.legend(fontsize=8, loc="lower right")
         ax.set_yticks(range(len(values)), labels)
         ax.invert_yaxis()
         frac = data.get("removed_fraction")
-        ax.set_title(f"{origin}: {data['in']} -> {values[-1]} rows"
-                     + (f" ({frac:.0%} removed)" if frac is not None else ""), fontsize=10)
+        ax.set_title(
+            f"{origin}: {data['in']} -> {values[-1]} rows" + (f" ({frac:.0%} removed)" if frac is not None else ""),
+            fontsize=10,
+        )
         ax.set_xlabel("rows remaining")
         ax.set_xlim(0, max(values + [1]) * 1.35)
     fig.tight_layout()
@@ -747,14 +900,28 @@ def main(argv: list[str] | None = None) -> None:
     cli.setup_logging()
     settings = cli.load_settings(args)
     if args.cmd == "rules":
-        run_rules(args.solutions, args.pool, settings["benchmarks"], settings["filter"], args.candidates,
-                  args.rejects, args.stats)
+        run_rules(
+            args.solutions,
+            args.pool,
+            settings["benchmarks"],
+            settings["filter"],
+            args.candidates,
+            args.rejects,
+            args.stats,
+        )
     elif args.cmd == "model-shard":
         shard, n_shards = parse_scatteritem(args.shard)
         run_model_shard(args.candidates, args.model, shard, n_shards, settings, args.output)
     else:
-        outputs = {"original": args.original, "generated": args.generated, "card": args.card,
-                   "rejects": args.rejects, "funnel": args.funnel, "funnel_csv": args.funnel_csv, "plot": args.plot}
+        outputs = {
+            "original": args.original,
+            "generated": args.generated,
+            "card": args.card,
+            "rejects": args.rejects,
+            "funnel": args.funnel,
+            "funnel_csv": args.funnel_csv,
+            "plot": args.plot,
+        }
         run_gather(args.candidates, args.rules_rejects, args.rules_stats, args.verdicts, settings["filter"], outputs)
 
 

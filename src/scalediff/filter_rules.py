@@ -25,11 +25,27 @@ from typing import Any
 from scalediff import answers
 
 # Funnel order: a row is attributed to the first reason it hits in this order.
-QUARANTINE_REASONS = ("missing_field", "bad_type", "not_finite", "bad_value", "oversized", "invalid_text",
-                      "duplicate_key")
+QUARANTINE_REASONS = (
+    "missing_field",
+    "bad_type",
+    "not_finite",
+    "bad_value",
+    "oversized",
+    "invalid_text",
+    "duplicate_key",
+)
 PROBLEM_REASONS = ("problem_empty", "problem_is_solution", "problem_multi_question", "problem_non_english")
-SOLUTION_REASONS = ("truncated", "no_boxed", "boxed_disagree", "unparsable_answer", "too_short", "too_long",
-                    "repetition", "solution_non_english", "gold_mismatch")
+SOLUTION_REASONS = (
+    "truncated",
+    "no_boxed",
+    "boxed_disagree",
+    "unparsable_answer",
+    "too_short",
+    "too_long",
+    "repetition",
+    "solution_non_english",
+    "gold_mismatch",
+)
 DECONTAM_REASONS = ("contaminated_exact", "contaminated")
 DEDUP_REASONS = ("duplicate_of_original", "duplicate", "near_duplicate_of_original", "near_duplicate")
 MODEL_REASONS = ("student_solved",)
@@ -58,18 +74,43 @@ DEFAULTS: dict[str, Any] = {
     "problem": {
         "min_chars": 10,
         # regexes (case-insensitive): a problem text containing one is (part of) a solution
-        "solution_markers": [r"\\boxed\s*\{", r"(?:therefore|thus|hence|so),? the (?:final )?answer is",
-                             r"final answer\s*:", r"</?think>", r"^\s*solution\s*:"],
-        "question_starts": ["find", "compute", "determine", "calculate", "evaluate", "what", "how", "which",
-                            "prove", "show", "simplify", "solve"],
+        "solution_markers": [
+            r"\\boxed\s*\{",
+            r"(?:therefore|thus|hence|so),? the (?:final )?answer is",
+            r"final answer\s*:",
+            r"</?think>",
+            r"^\s*solution\s*:",
+        ],
+        "question_starts": [
+            "find",
+            "compute",
+            "determine",
+            "calculate",
+            "evaluate",
+            "what",
+            "how",
+            "which",
+            "prove",
+            "show",
+            "simplify",
+            "solve",
+        ],
         "max_questions": 1,
         "max_parts": 1,
     },
     "original": {"solution_rules": True, "check_gold": True, "decontaminate": "report"},
     "dedup": {"enabled": True, "ngram": 3, "num_perm": 128, "threshold": 0.8, "seed": 1},
     "decontamination": {"ngram": 13, "report_ngrams": [8], "min_words": 5},
-    "model_based": {"enabled": True, "shards": 1, "k": 1, "rule": "any", "instruction": "",
-                    "temperature": 0.6, "top_p": 0.95, "max_tokens": 32768},
+    "model_based": {
+        "enabled": True,
+        "shards": 1,
+        "k": 1,
+        "rule": "any",
+        "instruction": "",
+        "temperature": 0.6,
+        "top_p": 0.95,
+        "max_tokens": 32768,
+    },
 }
 
 
@@ -89,8 +130,14 @@ def with_defaults(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- quarantine
 REQUIRED_SOLUTION_FIELDS = {
-    "id": str, "sample": int, "problem": str, "origin": str, "source": str, "completion": str,
-    "finish_reason": str, "completion_tokens": int,
+    "id": str,
+    "sample": int,
+    "problem": str,
+    "origin": str,
+    "source": str,
+    "completion": str,
+    "finish_reason": str,
+    "completion_tokens": int,
 }
 REQUIRED_POOL_FIELDS = {"id": str, "problem": str, "solution": str, "origin": str, "source": str}
 OPTIONAL_FIELDS = {"answer": str, "prompt_tokens": int}

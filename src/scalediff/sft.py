@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     cli.setup_logging()
     settings = cli.load_settings(args)
-    from scalediff.train import train
+    from scalediff.train import is_main_process, train
 
     rows = read_many(args.data)
     examples = sft_examples(rows)
@@ -54,15 +54,16 @@ def main(argv: list[str] | None = None) -> None:
         overrides,
     )
     stats = train(args.base_model, examples, args.output, cfg, loss_csv=args.loss_csv, config_overrides=overrides)
-    write_json(
-        {
-            "rows": len(rows),
-            "by_origin": dict(Counter(r.get("origin") for r in rows)),
-            "config_overrides": overrides,
-            **stats,
-        },
-        args.summary,
-    )
+    if is_main_process():
+        write_json(
+            {
+                "rows": len(rows),
+                "by_origin": dict(Counter(r.get("origin") for r in rows)),
+                "config_overrides": overrides,
+                **stats,
+            },
+            args.summary,
+        )
 
 
 if __name__ == "__main__":

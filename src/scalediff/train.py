@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 IGNORE = -100
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun/DeepSpeed launch (or a plain single process): the one that writes files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def tokenize_pair(tokenizer: Any, prompt: str, response: str, cutoff: int) -> dict[str, list[int]] | None:
     """input_ids/labels for one example; prompt tokens are masked. None if nothing to learn."""
     p = tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
@@ -128,6 +133,7 @@ def train(
     log.info(
         "training examples: %d in, %d usable, %d truncated at %d tokens", len(examples), len(kept), n_truncated, cutoff
     )
+    n_used = len(kept)
     packing = bool(settings.get("packing", False))
     if packing:
         kept = pack(kept, cutoff)
@@ -178,20 +184,24 @@ def train(
 
     out = Path(output_dir)
     tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    if loss_csv:
-        write_loss_csv(history, loss_csv)
-    if not keep_run_dir:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    main_process = trainer.is_world_process_zero()  # under torchrun only rank 0 touches the outputs
+    if main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))  # collective under DeepSpeed ZeRO-3; writes on rank 0 only
+    if main_process:
+        tokenizer.save_pretrained(str(tmp))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        if loss_csv:
+            write_loss_csv(history, loss_csv)
+        if not keep_run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
     losses = [h["loss"] for h in history if "loss" in h]
     return {
         "examples_in": len(examples),
-        "examples_used": len(kept),
+        "examples_used": n_used,
+        "packed_rows": len(kept) if packing else None,
         "truncated": n_truncated,
         "steps": trainer.state.global_step,
         "resumed_from": resume,
