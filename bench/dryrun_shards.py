@@ -27,9 +27,22 @@ def plan(shards: int, workdir: Path) -> tuple[float, int]:
     cfg["filter"]["model_based"]["shards"] = shards
     path = workdir / f"paper_{shards}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "snakemake", "-n", "--quiet", "all", "--configfile", str(path),
-           "--profile", str(REPO / "profiles" / "slurm-cluster"),
-           "--workflow-profile", str(REPO / "profiles" / "slurm"), "--directory", str(workdir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "--quiet",
+        "all",
+        "--configfile",
+        str(path),
+        "--profile",
+        str(REPO / "profiles" / "slurm-cluster"),
+        "--workflow-profile",
+        str(REPO / "profiles" / "slurm"),
+        "--directory",
+        str(workdir),
+    ]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0

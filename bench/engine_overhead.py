@@ -29,9 +29,9 @@ def problems(n: int) -> list[str]:
     return (texts * math.ceil(n / len(texts)))[:n]
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
-    out = fn()
+    out = fn(*args, **kwargs)
     return out, time.perf_counter() - t0
 
 
@@ -60,10 +60,10 @@ def main() -> None:
     rows = []
     for r in range(args.repeats):
         p_sel, p_raw = prompts(2 * r), prompts(2 * r + 1)
-        outs, t_select = timed(lambda: engine.generate(p_sel, {"temperature": 0.0, "max_tokens": 1, "logprobs": 20}))
+        outs, t_select = timed(engine.generate, p_sel, {"temperature": 0.0, "max_tokens": 1, "logprobs": 20})
         scored = [score_row(_Job(i), o, nothink, None) for i, o in enumerate(outs)]
         _, t_prefill = timed(
-            lambda: engine.llm.generate([TokensPrompt(prompt_token_ids=p) for p in p_raw], raw_params, use_tqdm=False)
+            engine.llm.generate, [TokensPrompt(prompt_token_ids=p) for p in p_raw], raw_params, use_tqdm=False
         )
         tokens_per_problem = sum(o[0].completion_tokens for o in outs) / len(outs)
         rows.append((t_select, t_prefill, tokens_per_problem, sum(s[0]["difficult"] for s in scored)))
@@ -72,20 +72,22 @@ def main() -> None:
     over = []
     for r in range(args.repeats):
         p_a, p_b = prompts(100 + 2 * r), prompts(101 + 2 * r)
-        _, t_engine = timed(lambda: engine.generate(p_a, sample, seeds=list(range(len(p_a)))))
+        _, t_engine = timed(engine.generate, p_a, sample, seeds=list(range(len(p_a))))
         raw = [SamplingParams(**sample, seed=i, skip_special_tokens=False) for i in range(len(p_b))]
-        _, t_raw = timed(
-            lambda: engine.llm.generate([TokensPrompt(prompt_token_ids=p) for p in p_b], raw, use_tqdm=False)
-        )
+        _, t_raw = timed(engine.llm.generate, [TokensPrompt(prompt_token_ids=p) for p in p_b], raw, use_tqdm=False)
         over.append((t_engine, t_raw))
 
     best = min(rows)
     print(f"problems: {args.problems}  model: {args.model}")
     print(f"select: generated tokens per problem = {best[2]:.3f} (must be 1); difficult = {best[3]}")
-    print(f"select: {best[0]:.2f}s vs prefill-only {best[1]:.2f}s -> ratio {best[0] / best[1]:.3f} "
-          f"({args.problems / best[0]:.0f} problems/s)")
+    print(
+        f"select: {best[0]:.2f}s vs prefill-only {best[1]:.2f}s -> ratio {best[0] / best[1]:.3f} "
+        f"({args.problems / best[0]:.0f} problems/s)"
+    )
     e, w = min(o[0] for o in over), min(o[1] for o in over)
-    print(f"engine overhead: Engine.generate {e:.2f}s vs vllm.LLM.generate {w:.2f}s -> ratio {e / w:.3f} (goal <= 1.05)")
+    print(
+        f"engine overhead: Engine.generate {e:.2f}s vs vllm.LLM.generate {w:.2f}s -> ratio {e / w:.3f} (goal <= 1.05)"
+    )
 
 
 class _Job:

@@ -7,8 +7,8 @@ import sys
 import pytest
 from conftest import ENGINE
 
-from scalediff.records import PROBLEM_SCHEMA, problem_id, read_rows, write_rows
-from scalediff.select import is_difficult, parse_scatteritem
+from scalediff.records import PROBLEM_SCHEMA, parse_scatteritem, problem_id, read_rows, write_rows
+from scalediff.select import is_difficult
 
 PROBLEMS = ["What is 2+3?", "Find all primes p such that p^2+2 is prime.", "Compute 7*8.", ""]
 

@@ -39,3 +39,14 @@ def setup_logging() -> None:
         stream=sys.stderr,
         force=True,
     )
+
+
+def add_gather_parser(sub: Any, help: str = "join the shards") -> argparse.ArgumentParser:
+    """The ``gather`` subcommand every sharded stage has: shard outputs + rejects -> one of each."""
+    g = sub.add_parser("gather", help=help)
+    g.add_argument("--shards", nargs="+", required=True)
+    g.add_argument("--shard-rejects", nargs="+", required=True)
+    g.add_argument("--output", required=True)
+    g.add_argument("--rejects", required=True)
+    g.add_argument("--summary", required=True)
+    return g

@@ -19,6 +19,7 @@ from scalediff.engine import Completion, Engine, ShardJob, run_shard
 from scalediff.records import (
     PROBLEM_SCHEMA,
     ShardCheckpoint,
+    parse_scatteritem,
     problem_id,
     read_many,
     read_rows,
@@ -27,7 +28,6 @@ from scalediff.records import (
     write_rejects,
     write_rows,
 )
-from scalediff.select import parse_scatteritem
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--output", required=True)
     s.add_argument("--rejects", required=True)
     cli.add_settings_argument(s)
-    g = sub.add_parser("gather")
-    g.add_argument("--shards", nargs="+", required=True)
-    g.add_argument("--shard-rejects", nargs="+", required=True)
-    g.add_argument("--output", required=True)
-    g.add_argument("--rejects", required=True)
-    g.add_argument("--summary", required=True)
+    cli.add_gather_parser(sub)
     args = ap.parse_args(argv)
     cli.setup_logging()
     if args.cmd == "train":

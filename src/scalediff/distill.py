@@ -17,8 +17,16 @@ import pyarrow as pa
 from scalediff import cli
 from scalediff.answers import final_answer
 from scalediff.engine import Completion, Engine, ShardJob, run_shard
-from scalediff.records import ShardCheckpoint, read_many, read_rows, shard_slice, write_json, write_rejects, write_rows
-from scalediff.select import parse_scatteritem
+from scalediff.records import (
+    ShardCheckpoint,
+    parse_scatteritem,
+    read_many,
+    read_rows,
+    shard_slice,
+    write_json,
+    write_rejects,
+    write_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--output", required=True)
     s.add_argument("--rejects", required=True)
     cli.add_settings_argument(s)
-    g = sub.add_parser("gather")
-    g.add_argument("--shards", nargs="+", required=True)
-    g.add_argument("--shard-rejects", nargs="+", required=True)
-    g.add_argument("--output", required=True)
-    g.add_argument("--rejects", required=True)
-    g.add_argument("--summary", required=True)
+    cli.add_gather_parser(sub)
     args = ap.parse_args(argv)
     cli.setup_logging()
     if args.cmd == "shard":

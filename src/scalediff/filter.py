@@ -50,7 +50,15 @@ from scalediff.filter_rules import (
     validate_row,
     with_defaults,
 )
-from scalediff.records import ShardCheckpoint, atomic_path, read_json, shard_slice, write_json, write_rows
+from scalediff.records import (
+    ShardCheckpoint,
+    atomic_path,
+    parse_scatteritem,
+    read_json,
+    shard_slice,
+    write_json,
+    write_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -871,7 +879,6 @@ def plot_funnel(funnel: dict[str, Any], path: str) -> None:
 
 # ============================================================================ CLI
 def main(argv: list[str] | None = None) -> None:
-    from scalediff.select import parse_scatteritem
 
     ap = argparse.ArgumentParser(description="Rule-based, dedup, decontamination and model-based filtering.")
     sub = ap.add_subparsers(dest="cmd", required=True)

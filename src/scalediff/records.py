@@ -123,6 +123,12 @@ def shard_slice(n_rows: int, shard: int, n_shards: int) -> slice:
     return slice(start, start + base + (1 if shard < extra else 0))
 
 
+def parse_scatteritem(item: str) -> tuple[int, int]:
+    """Snakemake's scatter item ``3-of-8`` -> (2, 8): 0-based shard index and shard count."""
+    i, _, n = item.partition("-of-")
+    return int(i) - 1, int(n)
+
+
 class ShardCheckpoint:
     """Append-only JSONL of finished rows inside a long shard, so a killed job resumes.
 

@@ -20,7 +20,16 @@ import pyarrow as pa
 
 from scalediff import cli
 from scalediff.engine import Completion, Engine, ShardJob, run_shard
-from scalediff.records import ShardCheckpoint, read_many, read_rows, shard_slice, write_json, write_rejects, write_rows
+from scalediff.records import (
+    ShardCheckpoint,
+    parse_scatteritem,
+    read_many,
+    read_rows,
+    shard_slice,
+    write_json,
+    write_rejects,
+    write_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +44,6 @@ SCORE_SCHEMA = pa.schema(
         pa.field("top_tokens", pa.string()),  # JSON {token: logprob} of the first position
     ]
 )
-
-
-def parse_scatteritem(item: str) -> tuple[int, int]:
-    """Snakemake's ``3-of-8`` -> (2, 8), 0-based."""
-    i, _, n = item.partition("-of-")
-    return int(i) - 1, int(n)
 
 
 def is_difficult(p_nothink: float, first_is_nothink: bool, threshold: float | None) -> bool:
@@ -143,12 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--output", required=True)
     s.add_argument("--rejects", required=True)
     cli.add_settings_argument(s)
-    g = sub.add_parser("gather", help="join shard scores, summarize and plot")
-    g.add_argument("--shards", nargs="+", required=True)
-    g.add_argument("--shard-rejects", nargs="+", required=True)
-    g.add_argument("--output", required=True)
-    g.add_argument("--rejects", required=True)
-    g.add_argument("--summary", required=True)
+    g = cli.add_gather_parser(sub, help="join shard scores, summarize and plot")
     g.add_argument("--plot", required=True)
     cli.add_settings_argument(g)
     args = ap.parse_args(argv)
