@@ -17,8 +17,12 @@ import math
 import time
 from pathlib import Path
 
-POOL = Path(__file__).resolve().parents[1] / "config" / "data" / "pool"
-ENGINE = {"dtype": "float32", "max_model_len": 4096, "batch_size": 512, "cpu_kv_cache_gb": 2, "enforce_eager": True}
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+POOL = REPO / "config" / "data" / "pool"
+# The embedded default's engine settings (CPU: whole-prompt prefill, eager), with a bigger KV cache.
+ENGINE = {**yaml.safe_load((REPO / "config" / "config.yaml").read_text())["engine"], "cpu_kv_cache_gb": 2}
 
 
 def problems(n: int) -> list[str]:
