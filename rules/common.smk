@@ -19,7 +19,18 @@ BENCHMARKS = sorted(config["benchmarks"])
 EVAL_MODELS = sorted(config["eval"]["models"])
 
 
+# SFT variants some eval model asks for: `scalediff` (original + generated), `original` (baseline).
+SFT_VARIANTS = sorted(
+    {
+        {"student": "scalediff", "student_original": "original"}[ref["trained"]]
+        for ref in config["eval"]["models"].values()
+        if ref.get("trained", "").startswith("student")
+    }
+)
+
+
 wildcard_constraints:
+    variant="scalediff|original",
     role="|".join(TINY_ROLES) or "NONE",
     benchmark="|".join(BENCHMARKS),
     model="|".join(EVAL_MODELS),
@@ -46,9 +57,11 @@ def model_path(ref):
             )
         return f"{R}/models/tiny/{ref['tiny']}"
     if "trained" in ref:
-        return {"student": f"{R}/sft/model", "generator": f"{R}/diffgen/model"}[
-            ref["trained"]
-        ]
+        return {
+            "student": f"{R}/sft/scalediff/model",
+            "student_original": f"{R}/sft/original/model",
+            "generator": f"{R}/diffgen/model",
+        }[ref["trained"]]
     return ref["path"]
 
 
@@ -115,6 +128,14 @@ def launcher(section):
         f"srun --overlap --nodes {nodes} --ntasks-per-node 1 {run} --rdzv-id $SLURM_JOB_ID"
         f" --rdzv-backend c10d --rdzv-endpoint {head}:29500 -m"
     )
+
+
+def sft_data(wildcards):
+    """The SFT mix: original data, plus the generated data for the ScaleDiff student."""
+    splits = (
+        ["original"] if wildcards.variant == "original" else ["original", "generated"]
+    )
+    return [f"{R}/filter/dataset/{split}.parquet" for split in splits]
 
 
 def benchmark_data(benchmark):

@@ -14,8 +14,9 @@ rule report:
         diffgen=f"{R}/diffgen/summary.json",
         distill=f"{R}/distill/summary.json",
         funnel=f"{R}/filter/funnel.json",
-        sft=f"{R}/sft/summary.json",
-        losses=[f"{R}/diffgen/loss.csv", f"{R}/sft/loss.csv"],
+        sft=expand(f"{R}/sft/{{variant}}/summary.json", variant=SFT_VARIANTS),
+        losses=[f"{R}/diffgen/loss.csv"]
+        + expand(f"{R}/sft/{{variant}}/loss.csv", variant=SFT_VARIANTS),
         problems=f"{R}/diffgen/generated.parquet",
         solutions=f"{R}/distill/solutions.parquet",
         paper="config/paper_table.yaml",

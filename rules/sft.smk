@@ -1,17 +1,17 @@
-# Student SFT on original + generated data.
+# Student SFT: `scalediff` on original + generated data; `original` on the original data only
+# (the paper's AM-Qwen3-Distilled-7B baseline), built when an eval model asks for it.
 
 
 rule sft_train:
     input:
-        original=f"{R}/filter/dataset/original.parquet",
-        generated=f"{R}/filter/dataset/generated.parquet",
+        data=sft_data,
         model=role_input("student_base"),
     output:
-        model=directory(f"{R}/sft/model"),
-        loss=f"{R}/sft/loss.csv",
-        summary=f"{R}/sft/summary.json",
+        model=directory(f"{R}/sft/{{variant}}/model"),
+        loss=f"{R}/sft/{{variant}}/loss.csv",
+        summary=f"{R}/sft/{{variant}}/summary.json",
     log:
-        f"{LOGS}/sft/train.log",
+        f"{LOGS}/sft/{{variant}}.log",
     conda:
         CONDA_ENV
     resources:
@@ -21,6 +21,6 @@ rule sft_train:
         base=model_arg("student_base"),
         settings=lambda w: settings(sft=config["sft"]),
     shell:
-        "{params.launch} scalediff.sft --data {input.original} {input.generated} --base-model {params.base}"
+        "{params.launch} scalediff.sft --data {input.data} --base-model {params.base}"
         " --output {output.model} --loss-csv {output.loss} --summary {output.summary}"
         " --settings {params.settings:q} > {log} 2>&1"

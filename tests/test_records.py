@@ -61,3 +61,19 @@ def test_checkpoint_drops_a_torn_last_line(tmp_path):
     assert [r["key"] for r in ckpt.rows_in_order(["c", "b", "a"])] == ["c", "b", "a"]
     ckpt.discard()
     assert not ckpt.path.exists()
+
+
+@pytest.mark.parametrize(
+    "value,reason",
+    [
+        (None, "missing problem"),
+        (float("nan"), "missing problem"),
+        (3, "problem is not a string (int)"),
+        ("  \n", "empty problem"),
+        ("Find x.", None),
+    ],
+)
+def test_text_defect_names_the_problem(value, reason):
+    from scalediff.records import text_defect
+
+    assert text_defect(value) == reason

@@ -59,9 +59,11 @@ def test_ids_and_counts_are_consistent_through_the_funnel(demo):
     assert {r["id"] for r in final_orig} <= pool_ids
     assert all(r["solution"] for r in final_gen + final_orig)
 
-    sft = json.loads((demo / R / "sft/summary.json").read_text())
+    sft = json.loads((demo / R / "sft/scalediff/summary.json").read_text())
     assert sft["rows"] == len(final_gen) + len(final_orig)
     assert sft["last_loss"] < sft["first_loss"]
+    baseline = json.loads((demo / R / "sft/original/summary.json").read_text())
+    assert baseline["rows"] == len(final_orig), "the baseline student sees the original data only"
 
 
 @pytest.mark.slow
@@ -69,7 +71,13 @@ def test_report_has_every_benchmark_and_the_papers_rows(demo):
     table = (demo / R / "report/paper_table.md").read_text()
     for col in ("AIME24", "AIME25", "HMMT-Feb25", "BRUMO25", "MATH500", "AVG (paper's weighted)", "mean (plain)"):
         assert col in table
-    for model in ("ScaleDiff-7B", "AM-Qwen3-Distilled-7B (original data only)", "scalediff_student", "student_base"):
+    for model in (
+        "ScaleDiff-7B",
+        "AM-Qwen3-Distilled-7B (original data only)",
+        "scalediff_student",
+        "original_only",
+        "student_base",
+    ):
         assert model in table
     for png in ("difficulty.png", "loss_curves.png", "scores.png"):
         assert (demo / R / "report" / png).stat().st_size > 1000

@@ -23,6 +23,7 @@ from scalediff.records import (
     read_many,
     read_rows,
     shard_slice,
+    text_defect,
     write_json,
     write_rejects,
     write_rows,
@@ -82,6 +83,9 @@ def distill_shard(args: argparse.Namespace, settings: dict[str, Any]) -> None:
     engine = Engine(args.model, settings["engine"], seed=settings["seed"] + shard)
     jobs, rejects = [], []
     for p in problems:
+        if defect := text_defect(p.get("problem")):
+            rejects.append({"stage": "distill", "id": p.get("id"), "field": "problem", "reason": defect})
+            continue
         prompt = engine.chat_prompt(
             [{"role": "user", "content": cfg["instruction"] + p["problem"]}], enable_thinking=cfg["enable_thinking"]
         )

@@ -52,6 +52,17 @@ def normalize_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).split())
 
 
+def text_defect(value: Any) -> str | None:
+    """Why ``value`` cannot be used as a prompt text (missing, not a string, empty), or None."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "missing problem"
+    if not isinstance(value, str):
+        return f"problem is not a string ({type(value).__name__})"
+    if not value.strip():
+        return "empty problem"
+    return None
+
+
 def problem_id(text: str, prefix: str = "p") -> str:
     """Stable content-hash id: the same problem text always gets the same id."""
     digest = hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()[:16]

@@ -26,6 +26,7 @@ from scalediff.records import (
     read_many,
     read_rows,
     shard_slice,
+    text_defect,
     write_json,
     write_rejects,
     write_rows,
@@ -78,8 +79,8 @@ def run(
     jobs, rejects = [], []
     for row in problems:
         problem = row.get("problem")
-        if not isinstance(problem, str) or not problem.strip():
-            rejects.append({"stage": "select", "id": row.get("id"), "field": "problem", "reason": "empty problem"})
+        if defect := text_defect(problem):
+            rejects.append({"stage": "select", "id": row.get("id"), "field": "problem", "reason": defect})
             continue
         prompt = engine.chat_prompt([{"role": "user", "content": problem}])
         if not engine.fits(prompt, 1):
