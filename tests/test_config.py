@@ -14,7 +14,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 def _workdir(tmp_path: Path, config_name: str, edit=None) -> Path:
     """A copy of the workflow (not of results) so tests never touch the repo's results/."""
-    for name in ("Snakefile", "rules", "config", "profiles"):
+    for name in ("Snakefile", "rules", "config", "profiles", "envs"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     if edit:

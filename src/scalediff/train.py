@@ -179,7 +179,9 @@ def train(
     resume = _last_checkpoint(run_dir)
     if resume:
         log.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
+    # An engine loaded earlier in the same process (vLLM) may have switched autograd off globally.
+    with torch.enable_grad():
+        result = trainer.train(resume_from_checkpoint=resume)
     history = trainer.state.log_history
 
     out = Path(output_dir)
