@@ -55,6 +55,39 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def slurm_command(
+    workdir: Path,
+    targets: list[str] | tuple[str, ...] = (),
+    extra_args: list[str] | tuple[str, ...] = (),
+    *,
+    snakefile: Path | None = None,
+    profile_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """(command, environment) of a snakemake run on SLURM with the repo's profiles.
+
+    By default: `--profile profiles/slurm-cluster --workflow-profile profiles/slurm` (absolute
+    paths, so nothing is read from ~/.config), `--directory workdir`, the `ci` resource preset and
+    fast status polling. SLURM logs of successful jobs are kept so slurm_jobs() can find the job ids.
+    `snakefile` defaults to the repo's Snakefile; pass `profile_args` to replace the profile options.
+    """
+    if profile_args is None:
+        profile_args = ["--profile", str(CLUSTER_PROFILE), "--workflow-profile", str(WORKFLOW_PROFILE)]
+    cmd = [
+        str(SNAKEMAKE),
+        *profile_args,
+        "--snakefile",
+        str(snakefile or REPO / "Snakefile"),
+        "--directory",
+        str(Path(workdir)),
+        "--slurm-keep-successful-logs",
+        *FAST_ARGS,
+        *extra_args,
+        *targets,
+    ]
+    return cmd, _env(env)
+
+
 def run_snakemake_slurm(
     workdir: Path,
     targets: list[str] | tuple[str, ...] = (),
@@ -67,37 +100,10 @@ def run_snakemake_slurm(
     timeout: float = 1800,
     check: bool = True,
 ) -> subprocess.CompletedProcess:
-    """Run snakemake on SLURM with the repo's profiles.
-
-    By default: `--profile profiles/slurm-cluster --workflow-profile profiles/slurm` (absolute
-    paths, so nothing is read from ~/.config), `--directory workdir`, the `ci` resource preset and
-    fast status polling. SLURM logs of successful jobs are kept so slurm_jobs() can find the job ids.
-    `snakefile` defaults to the repo's Snakefile; pass `profile_args` to replace the profile options.
-    Output is returned (and printed on failure when check=True).
-    """
-    workdir = Path(workdir)
-    if profile_args is None:
-        profile_args = ["--profile", str(CLUSTER_PROFILE), "--workflow-profile", str(WORKFLOW_PROFILE)]
-    cmd = [
-        str(SNAKEMAKE),
-        *profile_args,
-        "--snakefile",
-        str(snakefile or REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--slurm-keep-successful-logs",
-        *FAST_ARGS,
-        *extra_args,
-        *targets,
-    ]
-    proc = subprocess.run(
-        cmd,
-        cwd=cwd or workdir,
-        env=_env(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """Run snakemake on SLURM with the repo's profiles (see slurm_command); output is returned
+    (and printed on failure when check=True)."""
+    cmd, full_env = slurm_command(workdir, targets, extra_args, snakefile=snakefile, profile_args=profile_args, env=env)
+    proc = subprocess.run(cmd, cwd=cwd or workdir, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         pytest.fail(
             f"snakemake failed (rc={proc.returncode}): {' '.join(cmd)}\n"
