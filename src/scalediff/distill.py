@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from scalediff import cli
 from scalediff.answers import final_answer
@@ -21,8 +22,7 @@ from scalediff.records import (
     ShardCheckpoint,
     parse_scatteritem,
     read_many,
-    read_rows,
-    shard_slice,
+    read_shard,
     text_defect,
     write_json,
     write_rejects,
@@ -47,17 +47,19 @@ SOLUTION_SCHEMA = pa.schema(
 )
 
 
-def problems_to_solve(
-    generated: list[dict[str, Any]], pool: list[dict[str, Any]], include_original: str
-) -> list[dict[str, Any]]:
+def problems_to_solve(generated: pa.Table, pool: pa.Table, include_original: str) -> pa.Table:
     """Generated problems, plus the original ones the config asks the teacher to solve."""
+    import pyarrow.compute as pc
+
     if include_original == "all":
         originals = pool
     elif include_original == "missing":
-        originals = [p for p in pool if not (p.get("solution") or "").strip()]
+        solution = pc.utf8_trim_whitespace(pc.fill_null(pool["solution"], ""))
+        originals = pool.filter(pc.equal(pc.utf8_length(solution), 0))
     else:
-        originals = []
-    return list(generated) + list(originals)
+        originals = pool.slice(0, 0)
+    cols = ["id", "problem", "origin", "source"]
+    return pa.concat_tables([generated.select(cols), originals.select(cols)])
 
 
 def solution_rows(job: ShardJob, comps: list[Completion]) -> list[dict[str, Any]]:
@@ -78,8 +80,8 @@ def solution_rows(job: ShardJob, comps: list[Completion]) -> list[dict[str, Any]
 def distill_shard(args: argparse.Namespace, settings: dict[str, Any]) -> None:
     cfg = settings["distill"]
     shard, n_shards = parse_scatteritem(args.shard)
-    problems = problems_to_solve(read_rows(args.generated), read_rows(args.pool), cfg["include_original"])
-    problems = problems[shard_slice(len(problems), shard, n_shards)]
+    table = problems_to_solve(pq.read_table(args.generated), pq.read_table(args.pool), cfg["include_original"])
+    problems = read_shard(table, shard, n_shards)
     engine = Engine(args.model, settings["engine"], seed=settings["seed"] + shard)
     jobs, rejects = [], []
     for p in problems:

@@ -24,8 +24,7 @@ from scalediff.records import (
     ShardCheckpoint,
     parse_scatteritem,
     read_many,
-    read_rows,
-    shard_slice,
+    read_shard,
     text_defect,
     write_json,
     write_rejects,
@@ -155,8 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = cli.load_settings(args)
     if args.cmd == "shard":
         shard, n_shards = parse_scatteritem(args.shard)
-        problems = read_rows(args.problems)
-        run(problems[shard_slice(len(problems), shard, n_shards)], args.model, settings, args.output, args.rejects)
+        run(read_shard(args.problems, shard, n_shards), args.model, settings, args.output, args.rejects)
     else:
         from scalediff.plots import histogram
 
