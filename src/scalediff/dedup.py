@@ -85,33 +85,63 @@ class NearDupIndex:
         self.signatures[key] = np.asarray(m.hashvalues, dtype=np.uint32).copy()
 
 
+class ProblemDeduper:
+    """Streaming dedup decisions for generated problems, against the originals and each other.
+
+    Originals are indexed first (``add_original``), so a generated copy of a pool problem is always
+    the one dropped; generated problems are decided in arrival order (the first of a cluster is
+    kept) and each id is decided once, so every sample of a problem shares its problem's fate.
+    State is the exact keys and MinHash signatures of the indexed problems (bounded per problem).
+    """
+
+    def __init__(self, cfg: dict):
+        self.enabled = bool(cfg.get("enabled", True))
+        params = {k: cfg[k] for k in ("ngram", "num_perm", "threshold", "seed") if k in cfg}
+        self.orig = NearDupIndex(**params)
+        self.gen = NearDupIndex(**params)
+        self.dropped: dict[str, tuple[str, str]] = {}
+
+    @property
+    def n_originals(self) -> int:
+        return len(self.orig.signatures)
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.gen.signatures)
+
+    def add_original(self, key: str, text: str) -> None:
+        if self.enabled:
+            self.orig.add(key, text)
+
+    def check_generated(self, key: str, text: str) -> tuple[str, str] | None:
+        """``(reason, id it duplicates)`` when generated problem ``key`` is dropped, else None (kept)."""
+        if not self.enabled or key in self.gen.signatures:
+            return None
+        if key in self.dropped:
+            return self.dropped[key]
+        m = self.gen.minhash(text)
+        hit = self.orig.find(text, m)
+        if hit:
+            self.dropped[key] = ("duplicate_of_original" if hit[0] == "exact" else "near_duplicate_of_original", hit[1])
+            return self.dropped[key]
+        hit = self.gen.find(text, m)
+        if hit:
+            self.dropped[key] = ("duplicate" if hit[0] == "exact" else "near_duplicate", hit[1])
+            return self.dropped[key]
+        self.gen.add(key, text, m)
+        return None
+
+
 def dedup_problems(
     generated: list[tuple[str, str]], originals: list[tuple[str, str]], cfg: dict
 ) -> dict[str, tuple[str, str]]:
     """Which generated problems to drop: ``{id: (reason, id of the problem it duplicates)}``.
 
-    ``generated`` is ``[(id, text), ...]`` in priority order (the first of a cluster is kept);
-    ``originals`` are indexed first, so a generated copy of a pool problem is always the one dropped.
+    ``generated`` is ``[(id, text), ...]`` in priority order (the first of a cluster is kept).
     """
-    if not cfg.get("enabled", True):
-        return {}
-    params = {k: cfg[k] for k in ("ngram", "num_perm", "threshold", "seed") if k in cfg}
-    orig = NearDupIndex(**params)
+    deduper = ProblemDeduper(cfg)
     for key, text in originals:
-        orig.add(key, text)
-    gen = NearDupIndex(**params)
-    dropped: dict[str, tuple[str, str]] = {}
+        deduper.add_original(key, text)
     for key, text in generated:
-        if key in gen.signatures:
-            continue
-        m = gen.minhash(text)
-        hit = orig.find(text, m)
-        if hit:
-            dropped[key] = ("duplicate_of_original" if hit[0] == "exact" else "near_duplicate_of_original", hit[1])
-            continue
-        hit = gen.find(text, m)
-        if hit:
-            dropped[key] = ("duplicate" if hit[0] == "exact" else "near_duplicate", hit[1])
-            continue
-        gen.add(key, text, m)
-    return dropped
+        deduper.check_generated(key, text)
+    return deduper.dropped

@@ -26,6 +26,7 @@ reported or removed (``original.decontaminate: report|remove``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 from collections import Counter, defaultdict
@@ -33,15 +34,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scalediff import cli
 from scalediff.decontam import BenchmarkIndex
-from scalediff.dedup import dedup_problems
+from scalediff.dedup import ProblemDeduper
+from scalediff.filter_report import build_funnel, plot_funnel, write_card, write_funnel_csv
 from scalediff.filter_rules import (
+    DECONTAM_REASONS,
     FILTER_OF_REASON,
-    FILTER_ORDER,
     REQUIRED_POOL_FIELDS,
     REQUIRED_SOLUTION_FIELDS,
     gold_mismatch,
@@ -62,7 +66,6 @@ from scalediff.records import (
 
 log = logging.getLogger(__name__)
 
-PAPER_REMOVED_FRACTION = 0.43  # ~43% of generated pairs removed by the paper's (unpublished) filters
 REASON_ORDER = tuple(FILTER_OF_REASON)  # quarantine < superseded < problem < solution < ... < model
 _RANK = {r: i for i, r in enumerate(REASON_ORDER)}
 
@@ -114,37 +117,44 @@ VERDICT_SCHEMA = pa.schema(
 
 
 # ============================================================================ robust reading
-def iter_rows(path: str | Path, batch_size: int = 512) -> Iterator[dict[str, Any]]:
-    """Rows of a Parquet file as dicts, batch by batch, never failing on a bad value.
+def iter_row_batches(
+    path: str | Path, batch_size: int = 256, columns: list[str] | None = None
+) -> Iterator[list[dict[str, Any]]]:
+    """Rows of a Parquet file as lists of dicts, one record batch at a time, never failing on a bad value.
 
-    Each row carries ``_row`` (its index in the file); a string cell whose bytes are not UTF-8
-    becomes None and its column is listed in ``_invalid`` so validation can quarantine it.
+    Only ``columns`` are read when given (absent ones are simply missing from the dicts). Each row
+    carries ``_row`` (its index in the file); a string cell whose bytes are not UTF-8 becomes None
+    and its column is listed in ``_invalid`` so validation can quarantine it.
     """
     pf = pq.ParquetFile(path)
+    if columns is not None:
+        columns = [c for c in columns if c in pf.schema_arrow.names]
     offset = 0
-    for batch in pf.iter_batches(batch_size=batch_size):
-        columns: dict[str, list[Any]] = {}
+    for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+        values: dict[str, list[Any]] = {}
         invalid: dict[int, list[str]] = defaultdict(list)
         for name in batch.schema.names:
             col = batch.column(name)
             try:
-                columns[name] = col.to_pylist()
+                values[name] = col.to_pylist()
             except (UnicodeDecodeError, pa.ArrowException):
-                values = []
+                decoded = []
                 for j, raw in enumerate(col.cast(pa.binary()).to_pylist()):
                     try:
-                        values.append(None if raw is None else raw.decode("utf-8"))
+                        decoded.append(None if raw is None else raw.decode("utf-8"))
                     except UnicodeDecodeError:
-                        values.append(None)
+                        decoded.append(None)
                         invalid[j].append(name)
-                columns[name] = values
+                values[name] = decoded
+        rows = []
         for j in range(batch.num_rows):
-            row = {name: values[j] for name, values in columns.items()}
+            row = {name: vals[j] for name, vals in values.items()}
             row["_row"] = offset + j
             if invalid.get(j):
                 row["_invalid"] = invalid[j]
-            yield row
+            rows.append(row)
         offset += batch.num_rows
+        yield rows
 
 
 def _raw(row: dict[str, Any], limit: int = 300) -> str:
@@ -257,6 +267,128 @@ def load_benchmarks(benchmarks: dict[str, dict[str, Any]], cfg: dict[str, Any]) 
 
 
 # ============================================================================ rules
+class _Sink:
+    """Streams candidate and reject rows to their Parquet files in small batches (atomic on success)."""
+
+    def __init__(self, candidates: str, rejects: str, batch: int = 256):
+        self.paths = {"candidates": candidates, "rejects": rejects}
+        self.schemas = {"candidates": CANDIDATE_SCHEMA, "rejects": FILTER_REJECT_SCHEMA}
+        self.buffers: dict[str, list[dict[str, Any]]] = {"candidates": [], "rejects": []}
+        self.written = {"candidates": 0, "rejects": 0}
+        self.batch = batch
+
+    def __enter__(self) -> _Sink:
+        self._stack = contextlib.ExitStack()
+        self.writers = {}
+        for name, path in self.paths.items():
+            tmp = self._stack.enter_context(atomic_path(path))
+            self.writers[name] = self._stack.enter_context(pq.ParquetWriter(tmp, self.schemas[name]))
+        return self
+
+    def add(self, name: str, row: dict[str, Any]) -> None:
+        self.buffers[name].append(row)
+        if len(self.buffers[name]) >= self.batch:
+            self.flush(name)
+
+    def flush(self, name: str) -> None:
+        rows = self.buffers[name]
+        if rows:
+            self.writers[name].write_table(pa.Table.from_pylist(rows, schema=self.schemas[name]))
+            self.written[name] += len(rows)
+            rows.clear()
+
+    def __exit__(self, *exc: object) -> bool | None:
+        if exc[0] is None:
+            for name in self.buffers:
+                self.flush(name)
+        return self._stack.__exit__(*exc)
+
+
+class _Tally:
+    """Counts of one streaming pass: rows per origin and outcome, independent hits, contamination."""
+
+    def __init__(self, bench: BenchmarkIndex):
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.hits: dict[str, Counter] = defaultdict(Counter)
+        self.bench = bench
+        n = bench.ngram
+        self.contam_keys = ["exact", f"{n}gram", *(f"{m}gram" for m in bench.report_ngrams)]
+        self.contam: dict[str, dict[str, Counter]] = {
+            name: {o: Counter() for o in ("generated", "original")} for name in bench.sizes
+        }
+        # Problems with any benchmark hit (rare), so each is counted once however many samples it has.
+        self.flagged: dict[str, dict[str, Any]] = {}
+
+    def row(self, v: _Verdict) -> None:
+        counts = self.rows.setdefault(
+            v.origin, {"in": 0, "kept": 0, "rejected": Counter(), "quarantined": Counter()}
+        )
+        counts["in"] += 1
+        if v.status == "kept":
+            counts["kept"] += 1
+            return
+        counts[v.status][v.reason] += 1
+        if v.status == "rejected":
+            self.hits[v.origin].update(
+                r for r in v.reasons if FILTER_OF_REASON[r] in ("problem", "solution", "decontamination")
+            )
+            if v.reason in DECONTAM_REASONS:
+                for name in v.detail[v.reason].split(","):
+                    self.contam[name][v.origin]["rows_removed"] += 1
+
+    def problem_hit(self, pid: str, origin: str, hit: dict[str, Any]) -> None:
+        if pid in self.flagged or not (hit["exact"] or hit["ngram"] or any(hit["report"].values())):
+            return
+        self.flagged[pid] = hit
+        n = self.bench.ngram
+        for name in hit["exact"]:
+            self.contam[name][origin]["exact"] += 1
+        for name in hit["ngram"]:
+            self.contam[name][origin][f"{n}gram"] += 1
+        for m, names in hit["report"].items():
+            for name in names:
+                self.contam[name][origin][f"{m}gram"] += 1
+        for name in hit["exact"] | hit["ngram"]:
+            self.contam[name][origin]["problems_flagged"] += 1
+
+    def row_counts(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for origin in sorted(set(self.rows) | {"generated", "original"}):
+            c = self.rows.get(origin, {"in": 0, "kept": 0, "rejected": {}, "quarantined": {}})
+            out[origin] = {**c, "rejected": dict(c["rejected"]), "quarantined": dict(c["quarantined"])}
+        return out
+
+    def decontamination(self, policy: str) -> dict[str, Any]:
+        keys = [*self.contam_keys, "problems_flagged", "rows_removed"]
+        return {
+            "ngram": self.bench.ngram,
+            "report_ngrams": self.bench.report_ngrams,
+            "original_policy": policy,
+            "benchmark_sizes": self.bench.sizes,
+            "benchmark_rows_skipped": self.bench.skipped,
+            "benchmarks": {
+                name: {o: {k: c.get(k, 0) for k in keys} for o, c in by.items()} for name, by in self.contam.items()
+            },
+        }
+
+
+def _scan_keys(solutions: str) -> tuple[set[int], set[str]]:
+    """Pre-pass over the id/sample/origin columns only: hashes of (id, sample) keys seen more than
+    once, and the ids of original problems the teacher solved (bounded by the pool).
+
+    Keeps 8 bytes per row (a numpy array of key hashes) instead of a set of every key.
+    """
+    hashes: list[np.ndarray] = []
+    originals: set[str] = set()
+    for batch in iter_row_batches(solutions, columns=["id", "sample", "origin"]):
+        hashes.append(np.fromiter((hash((r.get("id"), r.get("sample"))) for r in batch), np.int64, len(batch)))
+        originals.update(r["id"] for r in batch if r.get("origin") == "original" and isinstance(r.get("id"), str))
+    if not hashes:
+        return set(), originals
+    values, counts = np.unique(np.concatenate(hashes), return_counts=True)
+    return set(values[counts > 1].tolist()), originals
+
+
 def run_rules(
     solutions: str,
     pool: str,
@@ -266,222 +398,161 @@ def run_rules(
     rejects_path: str,
     stats_path: str,
 ) -> dict[str, Any]:
+    """Rule-based checks, decontamination and dedup in one streaming pass over the teacher solutions.
+
+    Memory holds one batch of rows, the benchmark index, the dedup signatures (one per kept
+    generated problem and per pool problem), the pool's gold answers of distilled originals and
+    8 bytes per row for duplicate keys; never the solutions themselves.
+    """
     cfg = with_defaults(raw_cfg)
     ocfg = cfg["original"]
     max_chars = cfg["max_field_chars"]
     bench = load_benchmarks(benchmarks, cfg["decontamination"])
     log.info("benchmarks indexed: %s", bench.sizes)
+    tally = _Tally(bench)
 
-    # --- pass 1a: pool rows (gold answers, texts for dedup; rows with a solution are inputs)
-    pool_verdicts: list[_Verdict] = []
-    pool_problems: list[tuple[str, str]] = []
+    # pass 0: key hashes and distilled originals (id columns only)
+    dup_hashes, distilled_ids = _scan_keys(solutions)
+
+    # pass 1: the pool's problems (no solutions read) -> dedup reference, gold answers
+    dedup = ProblemDeduper(cfg["dedup"])
     gold: dict[str, str | None] = {}
+    need_gold = bool(distilled_ids) and ocfg["check_gold"]
+    for batch in iter_row_batches(pool, columns=["id", "problem", "answer"]):
+        for row in batch:
+            pid, problem = _text(row.get("id")), _text(row.get("problem"))
+            if pid and problem and problem.strip():
+                dedup.add_original(pid, problem)
+                if need_gold and pid in distilled_ids:
+                    gold[pid] = _text(row.get("answer"))
+    log.info("pool indexed for dedup: %d problems", dedup.n_originals)
+
+    seen_dup_keys: set[tuple[str, int]] = set()
+    distilled: set[str] = set()
     pool_without_solution = 0
-    for row in iter_rows(pool):
-        pid, problem = _text(row.get("id")), _text(row.get("problem"))
-        if pid and problem and problem.strip():
-            pool_problems.append((pid, problem))
-            gold[pid] = _text(row.get("answer"))
-        solution = row.get("solution")
-        if solution is None or (isinstance(solution, str) and not solution.strip()):
-            pool_without_solution += 1  # the distill stage solves these; they are not inputs here
-            continue
-        v = _Verdict("pool", row)
-        problems = validate_row(row, REQUIRED_POOL_FIELDS, max_chars)
-        if problems:
-            v.quarantine(problems, row)
-        pool_verdicts.append(v)
+    last_hit: tuple[str | None, dict[str, Any] | None] = (None, None)
 
-    # --- pass 1b: teacher solutions, row-local checks
-    sol_verdicts: list[_Verdict] = []
-    problem_text: dict[str, str] = {}
-    seen: set[tuple[str, int]] = set()
-    for row in iter_rows(solutions):
-        v = _Verdict("solutions", row)
-        sol_verdicts.append(v)
-        problems = validate_row(row, REQUIRED_SOLUTION_FIELDS, max_chars)
-        if problems:
-            v.quarantine(problems, row)
-            continue
-        key = (row["id"], int(row["sample"]))
-        if key in seen:
-            v.quarantine([("duplicate_key", "id,sample")], row)
-            continue
-        seen.add(key)
-        problem_text.setdefault(row["id"], row["problem"])
-        generated = v.origin == "generated"
-        if generated:
-            for reason in problem_reasons(row["problem"], cfg):
-                v.reject(reason)
-        reasons, v.answer = solution_reasons(row, cfg)
-        if generated or ocfg["solution_rules"]:
-            for reason in reasons:
-                v.reject(reason)
-        if not generated and ocfg["check_gold"] and gold_mismatch(v.answer, gold.get(row["id"])):
-            v.reject("gold_mismatch", f"gold {gold[row['id']]!r}, teacher {v.answer!r}")
+    def decontaminate(v: _Verdict, problem: str) -> None:
+        nonlocal last_hit
+        if last_hit[0] != v.id:  # samples of one problem are adjacent: check each problem once
+            last_hit = (v.id, bench.check(problem))
+        hit = last_hit[1]
+        tally.problem_hit(v.id, v.origin, hit)
+        verdict = BenchmarkIndex.verdict(hit)
+        if verdict and (v.origin == "generated" or ocfg["decontaminate"] == "remove"):
+            v.reject(*verdict)
 
-    # --- pool rows whose problem the teacher re-solved are replaced by the teacher's solutions
-    distilled = {v.id for v in sol_verdicts if v.status != "quarantined" and v.origin == "original"}
-    for v in pool_verdicts:
-        if v.status == "kept" and v.id in distilled:
-            v.reject("superseded_by_distilled")
+    n_solutions = n_pool = 0
+    with _Sink(candidates_path, rejects_path) as sink:
+        # pass 2: teacher solutions, every check, streamed
+        for batch in iter_row_batches(solutions):
+            for row in batch:
+                n_solutions += 1
+                v = _Verdict("solutions", row)
+                problems = validate_row(row, REQUIRED_SOLUTION_FIELDS, max_chars)
+                if not problems and hash((row["id"], row["sample"])) in dup_hashes:
+                    key = (row["id"], int(row["sample"]))
+                    if key in seen_dup_keys:
+                        problems = [("duplicate_key", "id,sample")]
+                    seen_dup_keys.add(key)
+                if problems:
+                    v.quarantine(problems, row)
+                else:
+                    generated = v.origin == "generated"
+                    if not generated:
+                        distilled.add(v.id)
+                    if generated:
+                        for reason in problem_reasons(row["problem"], cfg):
+                            v.reject(reason)
+                    reasons, v.answer = solution_reasons(row, cfg)
+                    if generated or ocfg["solution_rules"]:
+                        for reason in reasons:
+                            v.reject(reason)
+                    if not generated and ocfg["check_gold"] and gold_mismatch(v.answer, gold.get(v.id)):
+                        v.reject("gold_mismatch", f"gold {gold[v.id]!r}, teacher {v.answer!r}")
+                    decontaminate(v, row["problem"])
+                    if generated and v.status == "kept":
+                        dropped = dedup.check_generated(v.id, row["problem"])
+                        if dropped:
+                            v.reject(dropped[0], f"of {dropped[1]}")
+                _emit(sink, tally, v, row)
+            log.info("filter rules: %d solution rows checked", n_solutions)
 
-    # --- decontamination (per problem text, independent of the other filters)
-    contamination = _decontaminate(bench, sol_verdicts, pool_verdicts, problem_text, pool_problems, ocfg)
-
-    # --- dedup of surviving generated problems, against the pool and each other
-    survivors = list(dict.fromkeys(v.id for v in sol_verdicts if v.status == "kept" and v.origin == "generated"))
-    dropped = dedup_problems([(pid, problem_text[pid]) for pid in survivors], pool_problems, cfg["dedup"])
-    for v in sol_verdicts:
-        if v.status == "kept" and v.id in dropped:
-            reason, other = dropped[v.id]
-            v.reject(reason, f"of {other}")
-
-    # --- pass 2: stream kept rows to candidates, rejected/quarantined rows to rejects
-    verdicts = pool_verdicts + sol_verdicts
-    kept = _write_candidates(candidates_path, pool, pool_verdicts, solutions, sol_verdicts)
-    write_rows([v.reject_row() for v in verdicts if v.status != "kept"], rejects_path, FILTER_REJECT_SCHEMA)
+        # pass 3: pool rows that ship their own solution (used as-is unless superseded/contaminated)
+        for batch in iter_row_batches(pool):
+            for row in batch:
+                solution = row.get("solution")
+                if solution is None or (isinstance(solution, str) and not solution.strip()):
+                    pool_without_solution += 1  # the distill stage solves these; they are not inputs here
+                    continue
+                n_pool += 1
+                v = _Verdict("pool", row)
+                problems = validate_row(row, REQUIRED_POOL_FIELDS, max_chars)
+                if problems:
+                    v.quarantine(problems, row)
+                else:
+                    if v.id in distilled:
+                        v.reject("superseded_by_distilled")
+                    decontaminate(v, row["problem"])
+                _emit(sink, tally, v, row)
+    kept = sink.written["candidates"]
+    rows = tally.row_counts()
     stats = {
         "inputs": {
-            "solutions": len(sol_verdicts),
-            "pool_with_solution": len(pool_verdicts),
+            "solutions": n_solutions,
+            "pool_with_solution": n_pool,
             "pool_without_solution": pool_without_solution,
         },
-        "rows": _row_counts(verdicts),
-        "hits": _hit_counts(verdicts),
-        "problems_kept": dict(Counter(o for o, _ in {(v.origin, v.id) for v in verdicts if v.status == "kept"})),
-        "decontamination": contamination,
+        "rows": rows,
+        "hits": {o: dict(c) for o, c in tally.hits.items()},
+        "problems_kept": distinct_ids(candidates_path),
+        "decontamination": tally.decontamination(ocfg["decontaminate"]),
         "candidates": kept,
+        "dedup": {"pool_problems": dedup.n_originals, "generated_problems_kept": dedup.n_generated},
     }
-    if kept != sum(1 for v in verdicts if v.status == "kept"):
-        raise RuntimeError(f"accounting: wrote {kept} candidates for {len(verdicts)} verdicts")
+    if kept != sum(c["kept"] for c in rows.values()) or n_solutions + n_pool != sum(c["in"] for c in rows.values()):
+        raise RuntimeError(f"accounting: wrote {kept} candidates for {n_solutions + n_pool} input rows")
     write_json(stats, stats_path)
-    log.info("filter rules: %d inputs -> %d candidates", len(verdicts), kept)
+    log.info("filter rules: %d inputs -> %d candidates", n_solutions + n_pool, kept)
     return stats
 
 
-def _decontaminate(
-    bench: BenchmarkIndex,
-    sol: list[_Verdict],
-    pool_v: list[_Verdict],
-    problem_text: dict[str, str],
-    pool_problems: list[tuple[str, str]],
-    ocfg: dict[str, Any],
-) -> dict[str, Any]:
-    texts = dict(pool_problems) | problem_text
-    origin_of: dict[str, str] = {}
-    for v in pool_v + sol:
-        if v.status != "quarantined" and v.id in texts:
-            origin_of.setdefault(v.id, v.origin)
-    hits = {pid: bench.check(texts[pid]) for pid in origin_of}
-    n = bench.ngram
-    per_bench: dict[str, dict[str, dict[str, int]]] = {
-        name: {o: Counter() for o in ("generated", "original")} for name in bench.sizes
-    }
-    counts = per_bench
-    for pid, hit in hits.items():
-        for name in hit["exact"]:
-            counts[name][origin_of[pid]]["exact"] += 1
-        for name in hit["ngram"]:
-            counts[name][origin_of[pid]][f"{n}gram"] += 1
-        for m, names in hit["report"].items():
-            for name in names:
-                counts[name][origin_of[pid]][f"{m}gram"] += 1
-        for name in hit["exact"] | hit["ngram"]:
-            counts[name][origin_of[pid]]["problems_flagged"] += 1
-    for v in pool_v + sol:
-        if v.status == "quarantined" or v.id not in hits:
-            continue
-        verdict = BenchmarkIndex.verdict(hits[v.id])
-        if verdict and (v.origin == "generated" or ocfg["decontaminate"] == "remove"):
-            v.reject(verdict[0], verdict[1])
-    for v in pool_v + sol:
-        if v.status == "rejected" and v.reason in ("contaminated", "contaminated_exact"):
-            for name in v.detail[v.reason].split(","):
-                per_bench[name][v.origin]["rows_removed"] += 1
-    keys = ["exact", f"{n}gram", *(f"{m}gram" for m in bench.report_ngrams), "problems_flagged", "rows_removed"]
-    return {
-        "ngram": n,
-        "report_ngrams": bench.report_ngrams,
-        "original_policy": ocfg["decontaminate"],
-        "benchmark_sizes": bench.sizes,
-        "benchmark_rows_skipped": bench.skipped,
-        "benchmarks": {
-            name: {o: {k: c.get(k, 0) for k in keys} for o, c in by.items()} for name, by in per_bench.items()
-        },
-    }
-
-
-def _write_candidates(path: str, pool: str, pool_v: list[_Verdict], solutions: str, sol_v: list[_Verdict]) -> int:
-    written = 0
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, CANDIDATE_SCHEMA) as writer:
-        buffer: list[dict[str, Any]] = []
-
-        def flush() -> None:
-            if buffer:
-                writer.write_table(pa.Table.from_pylist(buffer, schema=CANDIDATE_SCHEMA))
-                buffer.clear()
-
-        for file, verdicts, src in (("pool", pool_v, pool), ("solutions", sol_v, solutions)):
-            by_row = {v.row: v for v in verdicts if v.status == "kept"}
-            for row in iter_rows(src):
-                v = by_row.get(row["_row"])
-                if v is None:
-                    continue
-                if file == "pool":
-                    rec = {
-                        "solution": row["solution"],
-                        "answer": _text(row.get("answer")),
-                        "sample": None,
-                        "solution_tokens": None,
-                    }
-                else:
-                    rec = {
-                        "solution": row["completion"],
-                        "answer": v.answer,
-                        "sample": int(row["sample"]),
-                        "solution_tokens": int(row["completion_tokens"]),
-                    }
-                buffer.append(
-                    {
-                        **rec,
-                        "problem": row["problem"],
-                        "id": row["id"],
-                        "origin": row["origin"],
-                        "source": row["source"],
-                        "file": file,
-                        "row": row["_row"],
-                    }
-                )
-                written += 1
-                if len(buffer) >= 256:
-                    flush()
-        flush()
-    return written
-
-
-def _row_counts(verdicts: list[_Verdict]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for origin in sorted({v.origin for v in verdicts} | {"generated", "original"}):
-        mine = [v for v in verdicts if v.origin == origin]
-        out[origin] = {
-            "in": len(mine),
-            "kept": sum(v.status == "kept" for v in mine),
-            "rejected": dict(Counter(v.reason for v in mine if v.status == "rejected")),
-            "quarantined": dict(Counter(v.reason for v in mine if v.status == "quarantined")),
+def _emit(sink: _Sink, tally: _Tally, v: _Verdict, row: dict[str, Any]) -> None:
+    """Write one row's outcome: the candidate row when kept, its reject row otherwise."""
+    tally.row(v)
+    if v.status != "kept":
+        sink.add("rejects", v.reject_row())
+        return
+    if v.file == "pool":
+        rec = {"solution": row["solution"], "answer": _text(row.get("answer")), "sample": None, "solution_tokens": None}
+    else:
+        rec = {
+            "solution": row["completion"],
+            "answer": v.answer,
+            "sample": int(row["sample"]),
+            "solution_tokens": int(row["completion_tokens"]),
         }
-    return out
+    sink.add(
+        "candidates",
+        {
+            **rec,
+            "problem": row["problem"],
+            "id": row["id"],
+            "origin": row["origin"],
+            "source": row["source"],
+            "file": v.file,
+            "row": v.row,
+        },
+    )
 
 
-def _hit_counts(verdicts: list[_Verdict]) -> dict[str, dict[str, int]]:
-    """Independent hits: how many valid rows each (row-local) reason flags, regardless of order."""
-    out: dict[str, Counter] = defaultdict(Counter)
-    for v in verdicts:
-        if v.status != "quarantined":
-            out[v.origin].update(
-                r for r in v.reasons if FILTER_OF_REASON[r] in ("problem", "solution", "decontamination")
-            )
-    return {o: dict(c) for o, c in out.items()}
+def distinct_ids(path: str, where: dict[str, str] | None = None) -> dict[str, int]:
+    """Distinct ``id`` per ``origin`` of a Parquet file, counted in Arrow (ids only, never the texts)."""
+    table = pq.read_table(path, columns=["id", "origin"])
+    if not table.num_rows:
+        return {}
+    grouped = table.group_by("origin").aggregate([("id", "count_distinct")])
+    return dict(zip(grouped["origin"].to_pylist(), grouped["id_count_distinct"].to_pylist(), strict=True))
 
 
 # ============================================================================ model-based
@@ -496,11 +567,12 @@ def run_model_shard(
     """Student verdicts for one shard of the generated candidates (whole problems per shard)."""
 
     mb = with_defaults(settings["filter"])["model_based"]
+    # Whole problems per shard, chosen in Arrow: only this shard's rows become Python objects.
+    ids = pq.read_table(candidates, columns=["id"], filters=[("origin", "=", "generated")])["id"].unique()
+    part = shard_slice(len(ids), shard, n_shards)
+    mine = ids.slice(part.start, part.stop - part.start)
     table = pq.read_table(candidates, columns=["id", "sample", "problem", "answer", "origin"])
-    rows = [r for r in table.to_pylist() if r["origin"] == "generated"]
-    ids = list(dict.fromkeys(r["id"] for r in rows))
-    mine = set(ids[shard_slice(len(ids), shard, n_shards)])
-    rows = [r for r in rows if r["id"] in mine]
+    rows = table.filter(pc.and_(pc.equal(table["origin"], "generated"), pc.is_in(table["id"], mine))).to_pylist()
     k, rule = int(mb["k"]), mb["rule"]
 
     def verdict(
@@ -598,6 +670,31 @@ def run_model_shard(
 
 
 # ============================================================================ gather
+def _iter_verdicts(paths: list[str]) -> Iterator[dict[str, Any]]:
+    for path in paths:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+
+
+def _model_reject(r: dict[str, Any], v: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "stage": "filter",
+        "id": r["id"],
+        "sample": r["sample"],
+        "origin": r["origin"],
+        "source": r["source"],
+        "file": r["file"],
+        "row": r["row"],
+        "status": "rejected",
+        "filter": "model_based",
+        "reason": "student_solved",
+        "reasons": "student_solved",
+        "detail": f"{v['agree']}/{v['k']} student answers {v['student_answers']} agree with teacher {r['answer']!r}",
+        "field": None,
+        "raw": None,
+    }
+
+
 def run_gather(
     candidates: str,
     rules_rejects: str,
@@ -606,78 +703,68 @@ def run_gather(
     raw_cfg: dict[str, Any],
     out: dict[str, str],
 ) -> dict[str, Any]:
+    """Apply the model-based verdicts while streaming the candidates into the dataset splits.
+
+    Verdict shards hold whole problems in candidate order, so they are consumed alongside the
+    candidates; a verdict that arrives early waits in a small buffer until its row comes.
+    """
     cfg = with_defaults(raw_cfg)
     stats = read_json(rules_stats)
-    verdicts: dict[tuple[str, int], dict[str, Any]] = {}
-    for path in verdict_paths:
-        for v in pq.read_table(path).to_pylist():
-            key = (v["id"], v["sample"])
-            if key in verdicts:
-                raise RuntimeError(f"model-based verdict for {key} appears in two shards")
-            verdicts[key] = v
+    pending: dict[tuple[str, int], dict[str, Any]] = {}
+    stream = _iter_verdicts(verdict_paths)
+    model = {"rows": 0, "checked": 0, "dropped": 0}
 
-    model_rejects: list[dict[str, Any]] = []
+    def verdict_for(key: tuple[str, int]) -> dict[str, Any]:
+        while key not in pending:
+            v = next(stream, None)
+            if v is None:
+                raise RuntimeError(f"no model-based verdict for generated candidate {key[0]}#{key[1]}")
+            vkey = (v["id"], v["sample"])
+            if vkey in pending:
+                raise RuntimeError(f"model-based verdict for {vkey} appears twice")
+            pending[vkey] = v
+        return pending.pop(key)
+
     kept = {"original": 0, "generated": 0}
-    kept_ids: dict[str, set[str]] = {"original": set(), "generated": set()}
-    tokens: list[int] = []
-    seen_generated = 0
-    with (
-        atomic_path(out["original"]) as tmp_o,
-        atomic_path(out["generated"]) as tmp_g,
-        pq.ParquetWriter(tmp_o, DATASET_SCHEMA) as w_orig,
-        pq.ParquetWriter(tmp_g, DATASET_SCHEMA) as w_gen,
-    ):
-        writers = {"original": w_orig, "generated": w_gen}
+    token_sum = token_rows = 0
+    with contextlib.ExitStack() as stack:
+        paths = {name: stack.enter_context(atomic_path(out[name])) for name in ("original", "generated", "rejects")}
+        writers = {
+            "original": stack.enter_context(pq.ParquetWriter(paths["original"], DATASET_SCHEMA)),
+            "generated": stack.enter_context(pq.ParquetWriter(paths["generated"], DATASET_SCHEMA)),
+            "rejects": stack.enter_context(pq.ParquetWriter(paths["rejects"], FILTER_REJECT_SCHEMA)),
+        }
+        for batch in pq.ParquetFile(rules_rejects).iter_batches(batch_size=1024):
+            writers["rejects"].write_table(pa.Table.from_batches([batch]).cast(FILTER_REJECT_SCHEMA))
         for batch in pq.ParquetFile(candidates).iter_batches(batch_size=256):
-            parts: dict[str, list[dict[str, Any]]] = {"original": [], "generated": []}
+            parts: dict[str, list[dict[str, Any]]] = {"original": [], "generated": [], "rejects": []}
             for r in batch.to_pylist():
                 if r["origin"] == "generated":
-                    seen_generated += 1
-                    v = verdicts.get((r["id"], r["sample"]))
-                    if v is None:
-                        raise RuntimeError(f"no model-based verdict for generated candidate {r['id']}#{r['sample']}")
+                    v = verdict_for((r["id"], r["sample"]))
+                    model["rows"] += 1
+                    model["checked"] += bool(v["checked"])
                     if v["drop"]:
-                        model_rejects.append(
-                            {
-                                "stage": "filter",
-                                "id": r["id"],
-                                "sample": r["sample"],
-                                "origin": r["origin"],
-                                "source": r["source"],
-                                "file": r["file"],
-                                "row": r["row"],
-                                "status": "rejected",
-                                "filter": "model_based",
-                                "reason": "student_solved",
-                                "reasons": "student_solved",
-                                "detail": f"{v['agree']}/{v['k']} student answers {v['student_answers']} agree with "
-                                f"teacher {r['answer']!r}",
-                                "field": None,
-                                "raw": None,
-                            }
-                        )
+                        model["dropped"] += 1
+                        parts["rejects"].append(_model_reject(r, v))
                         continue
                 parts[r["origin"]].append({k: r[k] for k in DATASET_SCHEMA.names})
                 kept[r["origin"]] += 1
-                kept_ids[r["origin"]].add(r["id"])
                 if r["solution_tokens"] is not None:
-                    tokens.append(r["solution_tokens"])
-            for origin, rows in parts.items():
+                    token_sum += r["solution_tokens"]
+                    token_rows += 1
+            for name, rows in parts.items():
                 if rows:
-                    writers[origin].write_table(pa.Table.from_pylist(rows, schema=DATASET_SCHEMA))
-    if seen_generated != len(verdicts):
-        raise RuntimeError(f"{len(verdicts)} model-based verdicts for {seen_generated} generated candidates")
+                    schema = FILTER_REJECT_SCHEMA if name == "rejects" else DATASET_SCHEMA
+                    writers[name].write_table(pa.Table.from_pylist(rows, schema=schema))
+        leftover = len(pending) + sum(1 for _ in stream)
+        if leftover:
+            raise RuntimeError(f"{leftover} model-based verdicts match no generated candidate")
 
-    rejects = pq.read_table(rules_rejects)
-    if model_rejects:
-        rejects = pa.concat_tables([rejects, pa.Table.from_pylist(model_rejects, schema=FILTER_REJECT_SCHEMA)])
-    with atomic_path(out["rejects"]) as tmp:
-        pq.write_table(rejects, tmp)
-
-    funnel = build_funnel(stats, model_rejects, verdicts, kept, kept_ids, cfg)
+    problems_kept = {o: distinct_ids(out[o]).get(o, 0) for o in ("original", "generated")}
+    funnel = build_funnel(stats, model, kept, problems_kept, cfg)
     write_json(funnel, out["funnel"])
-    _write_funnel_csv(funnel, out["funnel_csv"])
-    _write_card(funnel, cfg, tokens, out["card"])
+    write_funnel_csv(funnel, out["funnel_csv"])
+    write_card(funnel, cfg, token_sum / token_rows if token_rows else None, out["card"])
     plot_funnel(funnel, out["plot"])
     log.info(
         "filter gather: kept %s, generated removed fraction %s",
@@ -685,196 +772,6 @@ def run_gather(
         funnel["by_origin"]["generated"]["removed_fraction"],
     )
     return funnel
-
-
-def build_funnel(
-    stats: dict[str, Any],
-    model_rejects: list[dict[str, Any]],
-    verdicts: dict,
-    kept: dict[str, int],
-    kept_ids: dict[str, set[str]],
-    cfg: dict[str, Any],
-) -> dict[str, Any]:
-    by_origin: dict[str, Any] = {}
-    for origin, counts in stats["rows"].items():
-        removed_by = Counter(counts["rejected"]) + Counter(counts["quarantined"])
-        if origin == "generated" and model_rejects:
-            removed_by["student_solved"] += len(model_rejects)
-        steps, remaining = [], counts["in"]
-        for name in FILTER_ORDER:
-            reasons = {r: n for r, n in removed_by.items() if FILTER_OF_REASON[r] == name}
-            removed = sum(reasons.values())
-            steps.append(
-                {"filter": name, "in": remaining, "removed": removed, "out": remaining - removed, "reasons": reasons}
-            )
-            remaining -= removed
-        final = kept.get(origin, 0)
-        n_quarantined = sum(counts["quarantined"].values())
-        n_rejected = sum(counts["rejected"].values()) + (len(model_rejects) if origin == "generated" else 0)
-        if remaining != final or counts["in"] != final + n_quarantined + n_rejected:
-            raise RuntimeError(
-                f"accounting identity broken for {origin}: in {counts['in']}, kept {final}, "
-                f"rejected {n_rejected}, quarantined {n_quarantined}, funnel end {remaining}"
-            )
-        by_origin[origin] = {
-            "in": counts["in"],
-            "kept": final,
-            "rejected": n_rejected,
-            "quarantined": n_quarantined,
-            "removed_fraction": round(1 - final / counts["in"], 4) if counts["in"] else None,
-            "problems_kept": len(kept_ids.get(origin, ())),
-            "steps": steps,
-        }
-    mb = cfg["model_based"]
-    checked = [v for v in verdicts.values() if v["checked"]]
-    return {
-        "unit": "row = one (problem id, teacher sample), or one pool row with its own solution",
-        "inputs": stats["inputs"],
-        "by_origin": by_origin,
-        "hits": stats["hits"],
-        "decontamination": stats["decontamination"],
-        "model_based": {
-            "enabled": mb["enabled"],
-            "k": mb["k"],
-            "rule": mb["rule"],
-            "rows": len(verdicts),
-            "checked": len(checked),
-            "unchecked": len(verdicts) - len(checked),
-            "solved_by_student": len(model_rejects),
-        },
-        "paper": {"removed_fraction_generated": PAPER_REMOVED_FRACTION},
-        "removed_fraction_generated": by_origin.get("generated", {}).get("removed_fraction"),
-        "thresholds": {k: v for k, v in cfg.items() if k != "model_based"} | {"model_based": mb},
-    }
-
-
-def _write_funnel_csv(funnel: dict[str, Any], path: str) -> None:
-    lines = ["origin,filter,reason,in,removed,out"]
-    for origin, data in funnel["by_origin"].items():
-        for step in data["steps"]:
-            lines.append(f"{origin},{step['filter']},,{step['in']},{step['removed']},{step['out']}")
-            for reason, n in sorted(step["reasons"].items()):
-                lines.append(f"{origin},{step['filter']},{reason},,{n},")
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
-
-
-def _write_card(funnel: dict[str, Any], cfg: dict[str, Any], tokens: list[int], path: str) -> None:
-    g, o = funnel["by_origin"]["generated"], funnel["by_origin"]["original"]
-    frac = g["removed_fraction"]
-    mb = funnel["model_based"]
-    dc = funnel["decontamination"]
-    ngram = f"{dc['ngram']}gram"
-    lines = [
-        "---",
-        "configs:",
-        "- config_name: default",
-        "  data_files:",
-        "  - split: original",
-        "    path: original.parquet",
-        "  - split: generated",
-        "    path: generated.parquet",
-        "---",
-        "",
-        "# ScaleDiff-Math (this run)",
-        "",
-        "Columns: `problem`, `solution` (teacher completion with `<think>` reasoning and a `\\boxed{}` answer, or the",
-        "pool's own solution), `answer`, `id`, `origin`, `source`, `sample`, `solution_tokens`.",
-        "",
-        "| split | rows in | kept | rejected | quarantined | removed | problems kept |",
-        "|---|---|---|---|---|---|---|",
-        *(
-            f"| {name} | {d['in']} | {d['kept']} | {d['rejected']} | {d['quarantined']} | "
-            f"{_pct(d['removed_fraction'])} | {d['problems_kept']} |"
-            for name, d in (("original", o), ("generated", g))
-        ),
-        "",
-        f"Generated pairs removed: {_pct(frac)} (paper: ~{PAPER_REMOVED_FRACTION:.0%}).",
-        f"Mean teacher solution length: {sum(tokens) / len(tokens):.0f} tokens." if tokens else "",
-        "",
-        "## Filters (in funnel order; every removed row is in `rejects.parquet` with its reason codes)",
-        "",
-        "| filter | reason | generated rows removed |",
-        "|---|---|---|",
-        *(f"| {s['filter']} | {r} | {n} |" for s in g["steps"] for r, n in sorted(s["reasons"].items())),
-        "",
-        "## Thresholds",
-        "",
-        f"- solution tokens: {cfg['min_solution_tokens']}..{cfg['max_solution_tokens']}; truncated = finish_reason "
-        f"`length`{' or no `</think>`' if cfg['require_think_close'] else ''}",
-        f"- repetition: repeated word {cfg['repetition']['ngram']}-grams > {cfg['repetition']['max_ratio']} "
-        f"(at least {cfg['repetition']['min_ngrams']} n-grams)",
-        f"- non-English: letters outside Latin/Greek/math > {cfg['max_foreign_letter_fraction']}",
-        f"- problem: at least {cfg['problem']['min_chars']} characters, no solution marker ("
-        f"{', '.join(f'`{m}`' for m in cfg['problem']['solution_markers'])}), "
-        f"at most {cfg['problem']['max_questions']} question(s) and "
-        f"{cfg['problem']['max_parts']} part(s)",
-        f"- dedup: exact after normalisation, then MinHash/LSH Jaccard >= {cfg['dedup']['threshold']} over word "
-        f"{cfg['dedup']['ngram']}-grams ({cfg['dedup']['num_perm']} permutations), against the pool and within "
-        f"generated",
-        f"- decontamination: word {dc['ngram']}-gram overlap or normalised exact match with any benchmark "
-        f"(originals: {dc['original_policy']}); {'/'.join(map(str, dc['report_ngrams'])) or 'no other'}-gram overlap "
-        f"reported only",
-        f"- model-based ({'on' if mb['enabled'] else 'off'}): the student base answers each generated problem "
-        f"k={mb['k']} times; drop when `{mb['rule']}` agree with the teacher (math-verify). "
-        f"Checked {mb['checked']} rows, dropped {mb['solved_by_student']}.",
-        "",
-        "## Decontamination hits (problems)",
-        "",
-        "| benchmark | size | generated exact | generated n-gram | original exact | original n-gram |",
-        "|---|---|---|---|---|---|",
-        *(
-            f"| {b} | {dc['benchmark_sizes'].get(b, 0)} | {d['generated']['exact']} | {d['generated'][ngram]} | "
-            f"{d['original']['exact']} | {d['original'][ngram]} |"
-            for b, d in sorted(dc["benchmarks"].items())
-        ),
-        "",
-    ]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines))
-
-
-def plot_funnel(funnel: dict[str, Any], path: str) -> None:
-    """Rows remaining after each filter, generated and original side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, origin in zip(axes, ("generated", "original"), strict=True):
-        data = funnel["by_origin"].get(origin, {"in": 0, "steps": []})
-        labels = ["input", *(s["filter"] for s in data["steps"])]
-        values = [data["in"], *(s["out"] for s in data["steps"])]
-        ax.barh(range(len(values)), values, color="tab:blue" if origin == "generated" else "tab:gray")
-        for i, (val, step) in enumerate(zip(values, [None, *data["steps"]], strict=True)):
-            text = f"{val}" + (f"  (-{step['removed']})" if step and step["removed"] else "")
-            ax.text(val, i, " " + text, va="center", fontsize=8)
-        if origin == "generated" and data["in"]:
-            ax.axvline(
-                data["in"] * (1 - PAPER_REMOVED_FRACTION),
-                color="crimson",
-                linestyle="--",
-                label=f"paper: ~{PAPER_REMOVED_FRACTION:.0%} removed",
-            )
-            ax.legend(fontsize=8, loc="lower right")
-        ax.set_yticks(range(len(values)), labels)
-        ax.invert_yaxis()
-        frac = data.get("removed_fraction")
-        ax.set_title(
-            f"{origin}: {data['in']} -> {values[-1]} rows" + (f" ({frac:.0%} removed)" if frac is not None else ""),
-            fontsize=10,
-        )
-        ax.set_xlabel("rows remaining")
-        ax.set_xlim(0, max(values + [1]) * 1.35)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 # ============================================================================ CLI

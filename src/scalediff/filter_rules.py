@@ -285,21 +285,19 @@ def boxed_agree(boxes: list[str]) -> bool:
     return all(b.strip() == last or answers.answers_agree(b, last) for b in boxes[:-1])
 
 
-def solution_reasons(row: Mapping[str, Any], cfg: Mapping[str, Any]) -> tuple[list[str], str | None]:
-    """(reason codes, final answer) for one teacher completion."""
+def text_reasons(row: Mapping[str, Any], cfg: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(reason codes, boxed answers of the final segment) from the solution text alone.
+
+    Pure string work (lengths, truncation, boxes, repetition, script); the math-verify checks of the
+    answers are ``answer_reasons`` so each can be measured and parallelised on its own.
+    """
     completion: str = row["completion"]
     reasons: list[str] = []
     if row["finish_reason"] == "length" or (cfg["require_think_close"] and answers.THINK_CLOSE not in completion):
         reasons.append("truncated")
     boxes = answers.extract_boxed(answers.final_segment(completion))
-    answer = boxes[-1].strip() if boxes else None
-    if answer is None or not answer:
+    if not boxes or not boxes[-1].strip():
         reasons.append("no_boxed")
-    else:
-        if len(boxes) > 1 and not boxed_agree(boxes):
-            reasons.append("boxed_disagree")
-        if not answers.is_parsable(answer):
-            reasons.append("unparsable_answer")
     tokens = int(row["completion_tokens"])
     if tokens < cfg["min_solution_tokens"]:
         reasons.append("too_short")
@@ -311,7 +309,27 @@ def solution_reasons(row: Mapping[str, Any], cfg: Mapping[str, Any]) -> tuple[li
         reasons.append("repetition")
     if foreign_letter_fraction(completion) > cfg["max_foreign_letter_fraction"]:
         reasons.append("solution_non_english")
-    return reasons, answer or None
+    return reasons, boxes
+
+
+def answer_reasons(boxes: list[str]) -> list[str]:
+    """math-verify checks of the boxed answers: several that disagree, or a final one it cannot parse."""
+    if not boxes or not boxes[-1].strip():
+        return []  # already ``no_boxed``
+    reasons = []
+    if len(boxes) > 1 and not boxed_agree(boxes):
+        reasons.append("boxed_disagree")
+    if not answers.is_parsable(boxes[-1].strip()):
+        reasons.append("unparsable_answer")
+    return reasons
+
+
+def solution_reasons(row: Mapping[str, Any], cfg: Mapping[str, Any]) -> tuple[list[str], str | None]:
+    """(reason codes in ``SOLUTION_REASONS`` order, final answer) for one teacher completion."""
+    reasons, boxes = text_reasons(row, cfg)
+    reasons += answer_reasons(boxes)
+    answer = boxes[-1].strip() if boxes else None
+    return sorted(reasons, key=SOLUTION_REASONS.index), answer or None
 
 
 def gold_mismatch(answer: str | None, gold: Any) -> bool:

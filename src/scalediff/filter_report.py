@@ -1,0 +1,202 @@
+"""filter's report: the funnel (rows in -> out per filter and reason), its CSV, the dataset card
+and the funnel plot, built from the counts ``filter rules`` and ``filter gather`` collect."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from scalediff.filter_rules import FILTER_OF_REASON, FILTER_ORDER
+from scalediff.records import atomic_path
+
+PAPER_REMOVED_FRACTION = 0.43  # ~43% of generated pairs removed by the paper's (unpublished) filters
+
+
+def build_funnel(
+    stats: dict[str, Any],
+    model: dict[str, int],
+    kept: dict[str, int],
+    problems_kept: dict[str, int],
+    cfg: dict[str, Any],
+) -> dict[str, Any]:
+    """The funnel from the rules stats, the model-based counts (rows, checked, dropped) and what was kept."""
+    solved = model["dropped"]
+    by_origin: dict[str, Any] = {}
+    for origin, counts in stats["rows"].items():
+        removed_by = Counter(counts["rejected"]) + Counter(counts["quarantined"])
+        if origin == "generated" and solved:
+            removed_by["student_solved"] += solved
+        steps, remaining = [], counts["in"]
+        for name in FILTER_ORDER:
+            reasons = {r: n for r, n in removed_by.items() if FILTER_OF_REASON[r] == name}
+            removed = sum(reasons.values())
+            steps.append(
+                {"filter": name, "in": remaining, "removed": removed, "out": remaining - removed, "reasons": reasons}
+            )
+            remaining -= removed
+        final = kept.get(origin, 0)
+        n_quarantined = sum(counts["quarantined"].values())
+        n_rejected = sum(counts["rejected"].values()) + (solved if origin == "generated" else 0)
+        if remaining != final or counts["in"] != final + n_quarantined + n_rejected:
+            raise RuntimeError(
+                f"accounting identity broken for {origin}: in {counts['in']}, kept {final}, "
+                f"rejected {n_rejected}, quarantined {n_quarantined}, funnel end {remaining}"
+            )
+        by_origin[origin] = {
+            "in": counts["in"],
+            "kept": final,
+            "rejected": n_rejected,
+            "quarantined": n_quarantined,
+            "removed_fraction": round(1 - final / counts["in"], 4) if counts["in"] else None,
+            "problems_kept": problems_kept.get(origin, 0),
+            "steps": steps,
+        }
+    mb = cfg["model_based"]
+    return {
+        "unit": "row = one (problem id, teacher sample), or one pool row with its own solution",
+        "inputs": stats["inputs"],
+        "by_origin": by_origin,
+        "hits": stats["hits"],
+        "decontamination": stats["decontamination"],
+        "model_based": {
+            "enabled": mb["enabled"],
+            "k": mb["k"],
+            "rule": mb["rule"],
+            "rows": model["rows"],
+            "checked": model["checked"],
+            "unchecked": model["rows"] - model["checked"],
+            "solved_by_student": solved,
+        },
+        "paper": {"removed_fraction_generated": PAPER_REMOVED_FRACTION},
+        "removed_fraction_generated": by_origin.get("generated", {}).get("removed_fraction"),
+        "thresholds": {k: v for k, v in cfg.items() if k != "model_based"} | {"model_based": mb},
+    }
+
+
+def write_funnel_csv(funnel: dict[str, Any], path: str) -> None:
+    lines = ["origin,filter,reason,in,removed,out"]
+    for origin, data in funnel["by_origin"].items():
+        for step in data["steps"]:
+            lines.append(f"{origin},{step['filter']},,{step['in']},{step['removed']},{step['out']}")
+            for reason, n in sorted(step["reasons"].items()):
+                lines.append(f"{origin},{step['filter']},{reason},,{n},")
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def write_card(funnel: dict[str, Any], cfg: dict[str, Any], mean_tokens: float | None, path: str) -> None:
+    g, o = funnel["by_origin"]["generated"], funnel["by_origin"]["original"]
+    frac = g["removed_fraction"]
+    mb = funnel["model_based"]
+    dc = funnel["decontamination"]
+    ngram = f"{dc['ngram']}gram"
+    lines = [
+        "---",
+        "configs:",
+        "- config_name: default",
+        "  data_files:",
+        "  - split: original",
+        "    path: original.parquet",
+        "  - split: generated",
+        "    path: generated.parquet",
+        "---",
+        "",
+        "# ScaleDiff-Math (this run)",
+        "",
+        "Columns: `problem`, `solution` (teacher completion with `<think>` reasoning and a `\\boxed{}` answer, or the",
+        "pool's own solution), `answer`, `id`, `origin`, `source`, `sample`, `solution_tokens`.",
+        "",
+        "| split | rows in | kept | rejected | quarantined | removed | problems kept |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {name} | {d['in']} | {d['kept']} | {d['rejected']} | {d['quarantined']} | "
+            f"{_pct(d['removed_fraction'])} | {d['problems_kept']} |"
+            for name, d in (("original", o), ("generated", g))
+        ),
+        "",
+        f"Generated pairs removed: {_pct(frac)} (paper: ~{PAPER_REMOVED_FRACTION:.0%}).",
+        f"Mean teacher solution length: {mean_tokens:.0f} tokens." if mean_tokens is not None else "",
+        "",
+        "## Filters (in funnel order; every removed row is in `rejects.parquet` with its reason codes)",
+        "",
+        "| filter | reason | generated rows removed |",
+        "|---|---|---|",
+        *(f"| {s['filter']} | {r} | {n} |" for s in g["steps"] for r, n in sorted(s["reasons"].items())),
+        "",
+        "## Thresholds",
+        "",
+        f"- solution tokens: {cfg['min_solution_tokens']}..{cfg['max_solution_tokens']}; truncated = finish_reason "
+        f"`length`{' or no `</think>`' if cfg['require_think_close'] else ''}",
+        f"- repetition: repeated word {cfg['repetition']['ngram']}-grams > {cfg['repetition']['max_ratio']} "
+        f"(at least {cfg['repetition']['min_ngrams']} n-grams)",
+        f"- non-English: letters outside Latin/Greek/math > {cfg['max_foreign_letter_fraction']}",
+        f"- problem: at least {cfg['problem']['min_chars']} characters, no solution marker ("
+        f"{', '.join(f'`{m}`' for m in cfg['problem']['solution_markers'])}), "
+        f"at most {cfg['problem']['max_questions']} question(s) and "
+        f"{cfg['problem']['max_parts']} part(s)",
+        f"- dedup: exact after normalisation, then MinHash/LSH Jaccard >= {cfg['dedup']['threshold']} over word "
+        f"{cfg['dedup']['ngram']}-grams ({cfg['dedup']['num_perm']} permutations), against the pool and within "
+        f"generated",
+        f"- decontamination: word {dc['ngram']}-gram overlap or normalised exact match with any benchmark "
+        f"(originals: {dc['original_policy']}); {'/'.join(map(str, dc['report_ngrams'])) or 'no other'}-gram overlap "
+        f"reported only",
+        f"- model-based ({'on' if mb['enabled'] else 'off'}): the student base answers each generated problem "
+        f"k={mb['k']} times; drop when `{mb['rule']}` agree with the teacher (math-verify). "
+        f"Checked {mb['checked']} rows, dropped {mb['solved_by_student']}.",
+        "",
+        "## Decontamination hits (problems)",
+        "",
+        "| benchmark | size | generated exact | generated n-gram | original exact | original n-gram |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {b} | {dc['benchmark_sizes'].get(b, 0)} | {d['generated']['exact']} | {d['generated'][ngram]} | "
+            f"{d['original']['exact']} | {d['original'][ngram]} |"
+            for b, d in sorted(dc["benchmarks"].items())
+        ),
+        "",
+    ]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines))
+
+
+def plot_funnel(funnel: dict[str, Any], path: str) -> None:
+    """Rows remaining after each filter, generated and original side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, origin in zip(axes, ("generated", "original"), strict=True):
+        data = funnel["by_origin"].get(origin, {"in": 0, "steps": []})
+        labels = ["input", *(s["filter"] for s in data["steps"])]
+        values = [data["in"], *(s["out"] for s in data["steps"])]
+        ax.barh(range(len(values)), values, color="tab:blue" if origin == "generated" else "tab:gray")
+        for i, (val, step) in enumerate(zip(values, [None, *data["steps"]], strict=True)):
+            text = f"{val}" + (f"  (-{step['removed']})" if step and step["removed"] else "")
+            ax.text(val, i, " " + text, va="center", fontsize=8)
+        if origin == "generated" and data["in"]:
+            ax.axvline(
+                data["in"] * (1 - PAPER_REMOVED_FRACTION),
+                color="crimson",
+                linestyle="--",
+                label=f"paper: ~{PAPER_REMOVED_FRACTION:.0%} removed",
+            )
+            ax.legend(fontsize=8, loc="lower right")
+        ax.set_yticks(range(len(values)), labels)
+        ax.invert_yaxis()
+        frac = data.get("removed_fraction")
+        ax.set_title(
+            f"{origin}: {data['in']} -> {values[-1]} rows" + (f" ({frac:.0%} removed)" if frac is not None else ""),
+            fontsize=10,
+        )
+        ax.set_xlabel("rows remaining")
+        ax.set_xlim(0, max(values + [1]) * 1.35)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
