@@ -15,15 +15,21 @@ rule filter_rules:
         f"{LOGS}/filter/rules.log",
     conda:
         CONDA_ENV
+    threads: config["filter"].get("threads", 1)
     params:
-        # without model_based: changing the student's sampling must not rerun the rule filters
+        # without model_based (the student's sampling) or threads: neither changes the candidates
         settings=lambda w: settings(
-            filter={k: v for k, v in config["filter"].items() if k != "model_based"},
+            filter={
+                k: v
+                for k, v in config["filter"].items()
+                if k not in ("model_based", "threads")
+            },
             benchmarks=config["benchmarks"],
         ),
     shell:
         "python -m scalediff.filter rules --solutions {input.solutions} --pool {input.pool}"
         " --candidates {output.candidates} --rejects {output.rejects} --stats {output.stats}"
+        " --workers {threads}"
         " --settings {params.settings:q} > {log} 2>&1"
 
 

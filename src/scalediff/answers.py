@@ -8,6 +8,7 @@ Two rules from SPEC §6 live here so every stage applies them the same way:
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -103,11 +104,19 @@ def parse(text: str) -> list:
         return []
 
 
+_PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def is_parsable(answer: str) -> bool:
     """math-verify turns the answer into a math object, not only its raw-string fallback.
 
-    For junk such as ``???`` or ``\\frac{`` math-verify returns just the string itself.
+    For junk such as ``???`` or ``\\frac{`` math-verify returns just the string itself. Plain numbers
+    (most competition answers) always parse, so they skip the symbolic work; repeated answers hit
+    a bounded cache (math-verify costs milliseconds per call).
     """
+    if _PLAIN_NUMBER.fullmatch(answer.strip()):
+        return True
     return bool(answer.strip()) and any(not isinstance(x, str) for x in parse(wrap_gold(answer)))
 
 

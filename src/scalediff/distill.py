@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scalediff import cli
@@ -20,6 +21,7 @@ from scalediff.answers import final_answer
 from scalediff.engine import Completion, Engine, ShardJob, run_shard
 from scalediff.records import (
     ShardCheckpoint,
+    concat_parquet,
     parse_scatteritem,
     read_many,
     read_shard,
@@ -132,20 +134,27 @@ def distill_shard(args: argparse.Namespace, settings: dict[str, Any]) -> None:
 
 
 def gather(args: argparse.Namespace) -> None:
-    rows, rejects = read_many(args.shards), read_many(args.shard_rejects)
-    write_rows(rows, args.output, SOLUTION_SCHEMA)
+    """Join the shards by streaming them (paper scale is tens of GB of solutions); the summary is
+    computed from the small columns only."""
+    samples = concat_parquet(args.shards, args.output, SOLUTION_SCHEMA)
+    rejects = read_many(args.shard_rejects)
     write_rejects(rejects, args.rejects)
+    small = pq.read_table(args.output, columns=["id", "origin", "finish_reason", "answer", "completion_tokens"])
     summary = {
-        "samples": len(rows),
-        "problems": len({r["id"] for r in rows}),
-        "by_origin": dict(Counter(r["origin"] for r in rows)),
-        "finish_reason": dict(Counter(r["finish_reason"] for r in rows)),
-        "with_boxed_answer": sum(1 for r in rows if r["answer"] is not None),
-        "mean_completion_tokens": sum(r["completion_tokens"] for r in rows) / len(rows) if rows else None,
+        "samples": samples,
+        "problems": pc.count_distinct(small["id"]).as_py(),
+        "by_origin": _value_counts(small["origin"]),
+        "finish_reason": _value_counts(small["finish_reason"]),
+        "with_boxed_answer": samples - small["answer"].null_count,
+        "mean_completion_tokens": pc.mean(small["completion_tokens"]).as_py() if samples else None,
         "quarantined": len(rejects),
     }
     write_json(summary, args.summary)
     log.info("distill gather: %s", summary)
+
+
+def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:
+    return {v["values"]: v["counts"] for v in pc.value_counts(column).to_pylist()}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,8 +29,10 @@ import argparse
 import contextlib
 import json
 import logging
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -320,9 +322,7 @@ class _Tally:
         self.flagged: dict[str, dict[str, Any]] = {}
 
     def row(self, v: _Verdict) -> None:
-        counts = self.rows.setdefault(
-            v.origin, {"in": 0, "kept": 0, "rejected": Counter(), "quarantined": Counter()}
-        )
+        counts = self.rows.setdefault(v.origin, {"in": 0, "kept": 0, "rejected": Counter(), "quarantined": Counter()})
         counts["in"] += 1
         if v.status == "kept":
             counts["kept"] += 1
@@ -389,6 +389,46 @@ def _scan_keys(solutions: str) -> tuple[set[int], set[str]]:
     return set(values[counts > 1].tolist()), originals
 
 
+def row_checks(rows: list[dict[str, Any]], cfg: dict[str, Any]) -> list[tuple[list, list[str], str | None]]:
+    """Row-local checks of teacher solution rows: ``(quarantine problems, reject reasons, answer)`` each.
+
+    Pure per-row text and math-verify work with no shared state, so batches can go to worker
+    processes; the stateful checks (duplicate keys, gold, decontamination, dedup) stay in the caller.
+    """
+    out = []
+    for row in rows:
+        problems = validate_row(row, REQUIRED_SOLUTION_FIELDS, cfg["max_field_chars"])
+        if problems:
+            out.append((problems, [], None))
+            continue
+        generated = row["origin"] == "generated"
+        reasons = problem_reasons(row["problem"], cfg) if generated else []
+        solution, answer = solution_reasons(row, cfg)
+        if generated or cfg["original"]["solution_rules"]:
+            reasons += solution
+        out.append(([], reasons, answer))
+    return out
+
+
+def _ordered_map(fn: Any, items: Iterator[Any], workers: int) -> Iterator[tuple[Any, Any]]:
+    """``(item, fn(item))`` in input order, ``workers`` processes at a time, at most 2 batches queued
+    per worker (the input is never read ahead further, so memory stays bounded)."""
+    if workers <= 1:
+        for item in items:
+            yield item, fn(item)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        window: deque = deque()
+        for item in items:
+            window.append((item, pool.submit(fn, item)))
+            if len(window) >= 2 * workers:
+                head, future = window.popleft()
+                yield head, future.result()
+        while window:
+            head, future = window.popleft()
+            yield head, future.result()
+
+
 def run_rules(
     solutions: str,
     pool: str,
@@ -397,6 +437,7 @@ def run_rules(
     candidates_path: str,
     rejects_path: str,
     stats_path: str,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Rule-based checks, decontamination and dedup in one streaming pass over the teacher solutions.
 
@@ -444,12 +485,12 @@ def run_rules(
 
     n_solutions = n_pool = 0
     with _Sink(candidates_path, rejects_path) as sink:
-        # pass 2: teacher solutions, every check, streamed
-        for batch in iter_row_batches(solutions):
-            for row in batch:
+        # pass 2: teacher solutions, every check, streamed; the row-local checks run in `workers` processes
+        checked = _ordered_map(partial(row_checks, cfg=cfg), iter_row_batches(solutions), workers)
+        for batch, results in checked:
+            for row, (problems, row_reasons, v_answer) in zip(batch, results, strict=True):
                 n_solutions += 1
                 v = _Verdict("solutions", row)
-                problems = validate_row(row, REQUIRED_SOLUTION_FIELDS, max_chars)
                 if not problems and hash((row["id"], row["sample"])) in dup_hashes:
                     key = (row["id"], int(row["sample"]))
                     if key in seen_dup_keys:
@@ -461,13 +502,9 @@ def run_rules(
                     generated = v.origin == "generated"
                     if not generated:
                         distilled.add(v.id)
-                    if generated:
-                        for reason in problem_reasons(row["problem"], cfg):
-                            v.reject(reason)
-                    reasons, v.answer = solution_reasons(row, cfg)
-                    if generated or ocfg["solution_rules"]:
-                        for reason in reasons:
-                            v.reject(reason)
+                    v.answer = v_answer
+                    for reason in row_reasons:
+                        v.reject(reason)
                     if not generated and ocfg["check_gold"] and gold_mismatch(v.answer, gold.get(v.id)):
                         v.reject("gold_mismatch", f"gold {gold[v.id]!r}, teacher {v.answer!r}")
                     decontaminate(v, row["problem"])
@@ -785,6 +822,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--candidates", required=True)
     r.add_argument("--rejects", required=True)
     r.add_argument("--stats", required=True)
+    r.add_argument("--workers", type=int, default=1, help="processes for the row-local checks (the rule's threads)")
     cli.add_settings_argument(r)
     m = sub.add_parser("model-shard", help="student-base verdicts for one shard of generated candidates")
     m.add_argument("--candidates", required=True)
@@ -812,6 +850,7 @@ def main(argv: list[str] | None = None) -> None:
             args.candidates,
             args.rejects,
             args.stats,
+            workers=args.workers,
         )
     elif args.cmd == "model-shard":
         shard, n_shards = parse_scatteritem(args.shard)

@@ -84,9 +84,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+# Rows per Parquet row group: readers stream a file one row group at a time, so this bounds their
+# memory (1,024 teacher solutions of 10-30K tokens are ~100 MB) whatever the file's length.
+ROW_GROUP_ROWS = 1024
+
+
 def write_table(table: pa.Table, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
+
+
+def concat_parquet(paths: Iterable[str | os.PathLike], path: str | os.PathLike, schema: pa.Schema) -> int:
+    """Stream several Parquet files into one (columns selected and cast to ``schema``); returns rows."""
+    rows = 0
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for src in paths:
+            for batch in pq.ParquetFile(src).iter_batches(batch_size=ROW_GROUP_ROWS, columns=schema.names):
+                writer.write_table(pa.Table.from_batches([batch]).select(schema.names).cast(schema))
+                rows += batch.num_rows
+    return rows
 
 
 def write_rows(rows: list[dict[str, Any]], path: str | os.PathLike, schema: pa.Schema | None = None) -> None:
