@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -262,20 +261,21 @@ def run_component(name: str, paths: list[Path], workdir: Path, workers: int = 1)
                         flagged += BenchmarkIndex.verdict(index.check(row["problem"])) is not None
     seconds = time.perf_counter() - t0
     assert rows == scanned, (rows, scanned)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "rows": rows,
         "seconds": seconds,
         "scan_seconds": scan_s,
         "flagged": flagged,
-        "peak_rss_mb": peak_kb / 1024,
+        "peak_rss_mb": _rss_mb("VmHWM"),
         "rss_after_imports_mb": base_mb,
     }
 
 
-def _rss_mb() -> float:
+def _rss_mb(field: str = "VmRSS") -> float:
+    """Current (VmRSS) or peak (VmHWM) resident memory of this process image. Not ru_maxrss: Linux
+    carries that over fork+exec, so a child would report its parent's peak."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 

@@ -10,7 +10,13 @@ Three entry points, one per Snakemake rule:
                  teacher's (``any`` or ``majority`` of the k). Resumable via ``engine.run_shard``.
 ``gather``       joins the shards -> ``dataset/{original,generated}.parquet`` (the released
                  ScaleDiff-Math layout), ``dataset/README.md``, ``rejects.parquet``,
-                 ``funnel.{json,csv,png}``.
+                 ``funnel.{json,csv,png}`` (built by ``filter_report``).
+
+Scale (paper: ~2M rows of 10-30K-token solutions, tens of GB): ``rules`` streams its inputs batch
+by batch, writing candidates and rejects as it goes; what it keeps grows only with the dedup
+signatures (per problem) and 8 bytes per row for the duplicate-key check. Its per-row text and
+math-verify checks run in ``--workers`` processes (the rule's threads). ``gather`` streams the
+candidates and consumes the verdict shards alongside them. ``bench/filter_scale.py`` measures it.
 
 Accounting: every input row (a teacher sample ``(id, sample)``, or a pool row with its own
 solution) ends in exactly one of kept / rejected(reason) / quarantined(reason). Both
