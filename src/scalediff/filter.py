@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import json
 import logging
+import multiprocessing
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -423,7 +424,8 @@ def _ordered_map(fn: Any, items: Iterator[Any], workers: int) -> Iterator[tuple[
         for item in items:
             yield item, fn(item)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # spawn, not fork: the parent has Arrow's thread pools running, and forking threads is unsafe
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         window: deque = deque()
         for item in items:
             window.append((item, pool.submit(fn, item)))
