@@ -36,6 +36,7 @@ import contextlib
 import json
 import logging
 import multiprocessing
+import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -495,6 +496,7 @@ def run_rules(
     with _Sink(candidates_path, rejects_path) as sink:
         # pass 2: teacher solutions, every check, streamed; the row-local checks run in `workers` processes
         checked = _ordered_map(partial(row_checks, cfg=cfg), iter_row_batches(solutions), workers)
+        started = last_log = time.monotonic()
         for batch, results in checked:
             for row, (problems, row_reasons, v_answer) in zip(batch, results, strict=True):
                 n_solutions += 1
@@ -521,7 +523,10 @@ def run_rules(
                         if dropped:
                             v.reject(dropped[0], f"of {dropped[1]}")
                 _emit(sink, tally, v, row)
-            log.info("filter rules: %d solution rows checked", n_solutions)
+            if time.monotonic() - last_log > 30:  # progress for long runs, not a line per batch
+                last_log = time.monotonic()
+                rate = n_solutions / (last_log - started)
+                log.info("filter rules: %d solution rows checked (%.0f rows/s)", n_solutions, rate)
 
         # pass 3: pool rows that ship their own solution (used as-is unless superseded/contaminated)
         for batch in iter_row_batches(pool):
@@ -558,7 +563,22 @@ def run_rules(
     if kept != sum(c["kept"] for c in rows.values()) or n_solutions + n_pool != sum(c["in"] for c in rows.values()):
         raise RuntimeError(f"accounting: wrote {kept} candidates for {n_solutions + n_pool} input rows")
     write_json(stats, stats_path)
-    log.info("filter rules: %d inputs -> %d candidates", n_solutions + n_pool, kept)
+    for origin, c in rows.items():
+        log.info(
+            "filter rules, %s rows: in %d, kept %d, rejected %s, quarantined %s",
+            origin,
+            c["in"],
+            c["kept"],
+            c["rejected"],
+            c["quarantined"],
+        )
+    log.info(
+        "filter rules: %d inputs (%d solutions, %d pool rows with a solution) -> %d candidates",
+        n_solutions + n_pool,
+        n_solutions,
+        n_pool,
+        kept,
+    )
     return stats
 
 
