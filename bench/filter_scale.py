@@ -17,8 +17,10 @@ reader and checks:
 - ``decontam``: benchmark n-gram/exact checks (``decontam.BenchmarkIndex``) over the problems.
 - ``stage``:    the whole ``filter rules`` entry point (all of the above, writing candidates/rejects).
 
-Each line: rows/s, rows/s per core (one process = one core), peak RSS, and the time of a bare
-pyarrow scan of the columns that component reads (same shards, same process, measured first).
+Each line: rows/s (one process, so per core, except ``stage`` with ``--workers`` processes for its
+row checks), peak RSS of that process (VmHWM; the stage's workers not included), RSS after imports,
+and the time of a bare pyarrow scan of the columns that component reads (same shards, same process,
+measured first).
 Goals (issue 4): text rule filters >= 20k rows/s per core; peak RSS at the largest row count
 <= 1.5x that at the smallest (dedup keeps a signature per problem by design: its RSS is reported
 as bytes per problem instead).
@@ -335,7 +337,7 @@ def main() -> None:
             f"{size / 1e9:.2f} GB on disk (written in {time.perf_counter() - t0:.0f} s)"
         )
         print(
-            f"{'component':<10} {'rows/s/core':>12} {'seconds':>9} {'scan s':>8} {'x scan':>7} "
+            f"{'component':<10} {'rows/s':>12} {'seconds':>9} {'scan s':>8} {'x scan':>7} "
             f"{'peak RSS MB':>12} {'imports MB':>11} {'flagged':>8}"
         )
         results[n] = {}
