@@ -123,9 +123,10 @@ def _corpus(rng: np.random.Generator, chars: int) -> str:
     return " ".join(parts)
 
 
-def _benchmark_problems() -> list[str]:
+def _problems(folder: Path) -> list[str]:
+    """Every ``problem`` of the JSONL files shipped in ``folder`` (benchmarks or pool)."""
     out = []
-    for path in sorted(BENCHMARK_DIR.glob("*.jsonl")):
+    for path in sorted(folder.glob("*.jsonl")):
         out += [json.loads(line)["problem"] for line in path.read_text().splitlines() if line.strip()]
     return out
 
@@ -140,7 +141,7 @@ def write_shards(folder: Path, rows: int, shard_rows: int, mean_tokens: int, see
     rng = np.random.default_rng(seed)
     longest = 32768 * CHARS_PER_TOKEN
     corpus = _corpus(rng, 32_000_000)  # rows share no text within a Parquet page
-    bench = _benchmark_problems()
+    bench = _problems(BENCHMARK_DIR)
     sigma = 0.6
     mu = np.log(mean_tokens) - sigma**2 / 2  # log-normal with mean ``mean_tokens``
     recent: list[str] = []
@@ -245,7 +246,7 @@ def run_component(name: str, paths: list[Path], workdir: Path, workers: int = 1)
             index = flt.load_benchmarks(benchmarks, cfg["decontamination"])
         if name == "dedup":
             deduper = ProblemDeduper(cfg["dedup"])
-            for i, text in enumerate(_pool_problems()):  # the shipped pool as the originals
+            for i, text in enumerate(_problems(POOL_DIR)):  # the shipped pool as the originals
                 deduper.add_original(f"p-{i}", text)
         rows = 0
         for p in paths:
@@ -282,20 +283,13 @@ def _rss_mb(field: str = "VmRSS") -> float:
     return float("nan")
 
 
-def _pool_problems() -> list[str]:
-    out = []
-    for path in sorted(POOL_DIR.glob("*.jsonl")):
-        out += [json.loads(line)["problem"] for line in path.read_text().splitlines() if line.strip()]
-    return out
-
-
 def _pool(path: Path) -> None:
     """The shipped pool's problems as originals without solutions (the dedup reference)."""
     from scalediff.records import PROBLEM_SCHEMA
 
     rows = [
         {"id": f"p-{i}", "problem": t, "solution": None, "answer": None, "origin": "original", "source": "bench"}
-        for i, t in enumerate(_pool_problems())
+        for i, t in enumerate(_problems(POOL_DIR))
     ]
     pq.write_table(pa.Table.from_pylist(rows, schema=PROBLEM_SCHEMA), path)
 

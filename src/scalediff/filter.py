@@ -611,7 +611,7 @@ def _emit(sink: _Sink, tally: _Tally, v: _Verdict, row: dict[str, Any]) -> None:
     )
 
 
-def distinct_ids(path: str, where: dict[str, str] | None = None) -> dict[str, int]:
+def distinct_ids(path: str) -> dict[str, int]:
     """Distinct ``id`` per ``origin`` of a Parquet file, counted in Arrow (ids only, never the texts)."""
     table = pq.read_table(path, columns=["id", "origin"])
     if not table.num_rows:
