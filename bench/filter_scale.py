@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from scalediff.distill import SOLUTION_SCHEMA  # noqa: E402
-from scalediff.records import ROW_GROUP_ROWS  # noqa: E402
+from scalediff.records import ROW_GROUP_ROWS, iter_batches  # noqa: E402
 
 CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 BENCHMARK_DIR = REPO / "config" / "data" / "benchmarks"
@@ -203,7 +203,7 @@ def write_shards(folder: Path, rows: int, shard_rows: int, mean_tokens: int, see
 def _scan(paths: list[Path], columns: list[str]) -> tuple[int, float]:
     t0, rows = time.perf_counter(), 0
     for p in paths:
-        for batch in pq.ParquetFile(p).iter_batches(batch_size=256, columns=columns):
+        for batch in iter_batches(p, 256, columns):
             rows += batch.num_rows
     return rows, time.perf_counter() - t0
 

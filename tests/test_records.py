@@ -77,3 +77,25 @@ def test_text_defect_names_the_problem(value, reason):
     from scalediff.records import text_defect
 
     assert text_defect(value) == reason
+
+
+def test_iter_batches_holds_one_row_group_at_a_time(tmp_path):
+    """A pass over a many-row-group file stays bounded (pyarrow's default pre-buffering would keep
+    every row group read so far: +1 MB per group here, +15 MB per 1,024 paper-length solutions)."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    from scalediff.records import iter_batches
+
+    path = tmp_path / "long.parquet"
+    group = 64  # rows of 16 KB of incompressible text: ~1 MB per row group
+    with pq.ParquetWriter(path, pa.schema([("text", pa.string())])) as writer:
+        for _ in range(40):
+            writer.write_table(pa.table({"text": [os.urandom(8192).hex() for _ in range(group)]}))
+    before, peak, rows = pa.total_allocated_bytes(), 0, 0
+    for batch in iter_batches(path, batch_size=16):
+        rows += batch.num_rows
+        peak = max(peak, pa.total_allocated_bytes() - before)
+    assert rows == 40 * group
+    assert peak < 8 * 2**20, f"reader held {peak / 2**20:.1f} MB of a 40 MB file"

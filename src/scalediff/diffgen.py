@@ -14,11 +14,14 @@ import logging
 from collections import Counter
 from typing import Any
 
+import pyarrow as pa
+
 from scalediff import cli
 from scalediff.engine import Completion, Engine, ShardJob, run_shard
 from scalediff.records import (
     PROBLEM_SCHEMA,
     ShardCheckpoint,
+    concat_parquet,
     parse_scatteritem,
     problem_id,
     read_many,
@@ -111,21 +114,30 @@ def sample_shard(args: argparse.Namespace, settings: dict[str, Any]) -> None:
 
 
 def gather(args: argparse.Namespace) -> None:
-    rows, rejects = read_many(args.shards), read_many(args.shard_rejects)
-    unique: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if r["id"] in unique:
-            rejects.append(
-                {"stage": "diffgen", "id": r["id"], "field": "problem", "reason": "duplicate", "raw": r["source"]}
-            )
-        else:
-            unique[r["id"]] = r
-    write_rows(list(unique.values()), args.output, PROBLEM_SCHEMA)
+    """Shards into one file, exact duplicates (same id = same normalised text) after the first dropped.
+
+    Streams batch by batch: memory holds the ids seen (~2M at paper scale), never the problems.
+    """
+    rejects = read_many(args.shard_rejects)
+    seen: set[str] = set()
+
+    def first_occurrences(batch: pa.RecordBatch) -> list[int]:
+        keep = []
+        for i, (pid, source) in enumerate(zip(batch["id"].to_pylist(), batch["source"].to_pylist(), strict=True)):
+            if pid in seen:
+                dup = {"stage": "diffgen", "id": pid, "field": "problem", "reason": "duplicate", "raw": source}
+                rejects.append(dup)
+            else:
+                seen.add(pid)
+                keep.append(i)
+        return keep
+
+    n_rows = concat_parquet(args.shards, args.output, PROBLEM_SCHEMA, keep=first_occurrences)
     write_rejects(rejects, args.rejects)
     reasons = Counter(r["reason"] for r in rejects)
     summary = {
-        "sampled": len(rows) + reasons["length"] + reasons["empty"],
-        "kept": len(unique),
+        "sampled": n_rows + reasons["length"] + reasons["empty"],
+        "kept": len(seen),
         "dropped": dict(reasons),
     }
     write_json(summary, args.summary)

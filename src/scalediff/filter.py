@@ -67,6 +67,7 @@ from scalediff.filter_rules import (
 from scalediff.records import (
     ShardCheckpoint,
     atomic_path,
+    iter_batches,
     parse_scatteritem,
     read_json,
     shard_slice,
@@ -136,11 +137,11 @@ def iter_row_batches(
     carries ``_row`` (its index in the file); a string cell whose bytes are not UTF-8 becomes None
     and its column is listed in ``_invalid`` so validation can quarantine it.
     """
-    pf = pq.ParquetFile(path)
     if columns is not None:
-        columns = [c for c in columns if c in pf.schema_arrow.names]
+        names = pq.read_schema(path).names
+        columns = [c for c in columns if c in names]
     offset = 0
-    for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+    for batch in iter_batches(path, batch_size, columns):
         values: dict[str, list[Any]] = {}
         invalid: dict[int, list[str]] = defaultdict(list)
         for name in batch.schema.names:
@@ -737,7 +738,7 @@ def run_model_shard(
 # ============================================================================ gather
 def _iter_verdicts(paths: list[str]) -> Iterator[dict[str, Any]]:
     for path in paths:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for batch in iter_batches(path):
             yield from batch.to_pylist()
 
 
@@ -799,9 +800,9 @@ def run_gather(
             "generated": stack.enter_context(pq.ParquetWriter(paths["generated"], DATASET_SCHEMA)),
             "rejects": stack.enter_context(pq.ParquetWriter(paths["rejects"], FILTER_REJECT_SCHEMA)),
         }
-        for batch in pq.ParquetFile(rules_rejects).iter_batches(batch_size=1024):
+        for batch in iter_batches(rules_rejects):
             writers["rejects"].write_table(pa.Table.from_batches([batch]).cast(FILTER_REJECT_SCHEMA))
-        for batch in pq.ParquetFile(candidates).iter_batches(batch_size=256):
+        for batch in iter_batches(candidates, 256):
             parts: dict[str, list[dict[str, Any]]] = {"original": [], "generated": [], "rejects": []}
             for r in batch.to_pylist():
                 if r["origin"] == "generated":

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -94,13 +94,37 @@ def write_table(table: pa.Table, path: str | os.PathLike) -> None:
         pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
 
 
-def concat_parquet(paths: Iterable[str | os.PathLike], path: str | os.PathLike, schema: pa.Schema) -> int:
-    """Stream several Parquet files into one (columns selected and cast to ``schema``); returns rows."""
+def iter_batches(
+    path: str | os.PathLike, batch_size: int = ROW_GROUP_ROWS, columns: list[str] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of a Parquet file, read one row group at a time in bounded memory.
+
+    ``pre_buffer=False``: pyarrow's default pre-buffering caches every row group it has read until the
+    reader is closed, so a pass over a file grows by the file's compressed size (measured: +15 MB per
+    1,024 paper-length rows, 2.4 GB at 100k rows); without it memory stays flat whatever the length.
+    """
+    yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def concat_parquet(
+    paths: Iterable[str | os.PathLike],
+    path: str | os.PathLike,
+    schema: pa.Schema,
+    keep: Callable[[pa.RecordBatch], list[int]] | None = None,
+) -> int:
+    """Stream several Parquet files into one (columns selected and cast to ``schema``); returns rows read.
+
+    ``keep`` picks the indices of each batch's rows to write (all when None), so a gather can drop
+    rows (e.g. duplicates) without ever holding more than one batch.
+    """
     rows = 0
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for src in paths:
-            for batch in pq.ParquetFile(src).iter_batches(batch_size=ROW_GROUP_ROWS, columns=schema.names):
-                writer.write_table(pa.Table.from_batches([batch]).select(schema.names).cast(schema))
+            for batch in iter_batches(src, columns=schema.names):
+                table = pa.Table.from_batches([batch])
+                if keep is not None:
+                    table = table.take(keep(batch))
+                writer.write_table(table.select(schema.names).cast(schema))
                 rows += batch.num_rows
     return rows
 
