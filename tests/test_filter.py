@@ -108,6 +108,33 @@ def test_repetition_loop():
     assert repeated_ngram_ratio(prose, 8)[0] < 0.5
 
 
+def test_repeated_ngram_ratio_is_the_exact_share_of_repeated_word_ngrams():
+    """The hashed/numpy count equals the definition (distinct word-tuple n-grams) on ASCII text (the
+    translate fast path) and Unicode text (the regex path) alike, punctuation and underscores included."""
+    import random
+    import re
+    from collections import Counter
+
+    def reference(text: str, n: int) -> tuple[float, int]:
+        toks = re.findall(r"[^\W_]+", text.lower())
+        total = len(toks) - n + 1
+        return (
+            (0.0, 0)
+            if total <= 0
+            else (1.0 - len(Counter(tuple(toks[i : i + n]) for i in range(total))) / total, total)
+        )
+
+    rng = random.Random(7)
+    pieces = ["x", "Y", "42", "a_b", "wait", "LET", "é", "α", "中文", "x²", "\\frac{1}{2}", "$", ",", ".", "--"]
+    for trial in range(300):
+        base = " ".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+        text = base + rng.choice([" ", "\n", "; "]).join([base[: rng.randint(0, len(base))]] * rng.randint(1, 6))
+        if trial % 2:
+            text = text.encode("ascii", "ignore").decode()
+        for n in (1, 3, 8):
+            assert repeated_ngram_ratio(text, n) == pytest.approx(reference(text, n), abs=1e-12), (text, n)
+
+
 def test_non_english_and_mixed_script():
     assert foreign_letter_fraction("Let α, β ∈ ℝ and 𝐱 = (x₁, x₂); café") == 0.0
     assert foreign_letter_fraction("Найдите x") > 0.5
