@@ -221,3 +221,26 @@ def test_sft_under_torchrun_with_two_workers(tmp_path):
     assert summary["steps"] == -(-summary["packed_rows"] // 4)
     assert (tmp_path / "model" / "config.json").exists() and not (tmp_path / "model.tmp").exists()
     assert read_rows(tmp_path / "data.parquet")  # inputs untouched
+
+
+def test_pack_groups_is_a_valid_tight_packing():
+    """Every example in exactly one row, no row over the cutoff, and no more rows than first-fit."""
+    import random
+
+    from scalediff.train import pack_groups
+
+    rng = random.Random(3)
+    for cutoff in (8, 64, 1024):
+        lengths = [rng.randint(1, cutoff) for _ in range(2000)]
+        groups = pack_groups(lengths, cutoff)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        assert all(sum(lengths[i] for i in g) <= cutoff for g in groups)
+        room: list[int] = []  # first-fit decreasing, the textbook reference
+        for n in sorted(lengths, reverse=True):
+            slot = next((k for k, free in enumerate(room) if free >= n), None)
+            if slot is None:
+                room.append(cutoff - n)
+            else:
+                room[slot] -= n
+        assert len(groups) <= len(room)
+        assert len(groups) >= -(-sum(lengths) // cutoff)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections import Counter
-from typing import Any
+from collections.abc import Sequence
 
 from scalediff import cli
-from scalediff.records import read_many, write_json
+from scalediff.records import write_json
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +20,42 @@ USER = "<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n"
 END = "<|im_end|>"
 
 
-def sft_examples(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
-    return [
-        {"prompt": USER.format(problem=r["problem"]), "response": r["solution"] + END}
-        for r in rows
-        if r.get("problem") and r.get("solution")
-    ]
+class DatasetExamples(Sequence):
+    """``{prompt, response}`` of the final dataset's rows, formatted on access.
+
+    The Parquet files are loaded once into a memory-mapped Arrow cache (``datasets``), shared by
+    every rank on the node, so the training set (1.7M rows of 10-30K-token solutions at paper scale,
+    tens of GB) is never held in Python; only the indices of rows with a problem and a solution are.
+    """
+
+    def __init__(self, paths: list[str], cache_dir: str):
+        import numpy as np
+        import pyarrow.compute as pc
+        from datasets import load_dataset
+
+        self.rows = load_dataset(
+            "parquet",
+            data_files=list(paths),
+            split="train",
+            cache_dir=cache_dir,
+            columns=["problem", "solution", "origin"],
+        )
+        table = self.rows.data.table
+        present = pc.and_(
+            pc.greater(pc.utf8_length(pc.fill_null(table["problem"], "")), 0),
+            pc.greater(pc.utf8_length(pc.fill_null(table["solution"], "")), 0),
+        )
+        self.index = np.flatnonzero(present.to_numpy(zero_copy_only=False))
+        counts = pc.value_counts(table["origin"]).to_pylist()
+        self.by_origin = {c["values"]: c["counts"] for c in counts}
+        self.n_rows = table.num_rows
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, str]:  # type: ignore[override]
+        row = self.rows[int(self.index[i])]
+        return {"prompt": USER.format(problem=row["problem"]), "response": row["solution"] + END}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,14 +71,13 @@ def main(argv: list[str] | None = None) -> None:
     settings = cli.load_settings(args)
     from scalediff.train import is_main_process, train
 
-    rows = read_many(args.data)
-    examples = sft_examples(rows)
+    examples = DatasetExamples(args.data, cache_dir=f"{args.output}.run/datasets")
     cfg = settings["sft"]
     overrides = {k: cfg[k] for k in ("rope_theta", "max_position_embeddings") if cfg.get(k) is not None}
     log.info(
         "sft: %d rows (%s), %d examples, config overrides %s",
-        len(rows),
-        dict(Counter(r.get("origin") for r in rows)),
+        examples.n_rows,
+        examples.by_origin,
         len(examples),
         overrides,
     )
@@ -57,8 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     if is_main_process():
         write_json(
             {
-                "rows": len(rows),
-                "by_origin": dict(Counter(r.get("origin") for r in rows)),
+                "rows": examples.n_rows,
+                "by_origin": examples.by_origin,
                 "config_overrides": overrides,
                 **stats,
             },

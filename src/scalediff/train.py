@@ -8,12 +8,19 @@ automatically when a killed job is rerun; the loss curve is saved as CSV.
 
 from __future__ import annotations
 
+import bisect
 import csv
+import hashlib
+import json
 import logging
 import os
 import shutil
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from scalediff.records import atomic_path
 
@@ -38,33 +45,118 @@ def tokenize_pair(tokenizer: Any, prompt: str, response: str, cutoff: int) -> di
     return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
 
 
-def pack(examples: list[dict[str, list[int]]], cutoff: int) -> list[dict[str, list[int]]]:
-    """First-fit-decreasing packing of tokenized examples into rows of at most ``cutoff`` tokens.
+def pack_groups(lengths: Sequence[int], cutoff: int) -> list[list[int]]:
+    """Best-fit-decreasing packing: groups of example indices whose lengths sum to at most ``cutoff``.
 
-    Each packed row carries ``position_ids`` that restart at 0 for every example; with no attention
-    mask, transformers builds a block-diagonal causal mask from them, so packed examples never
-    attend to each other. The first label of every example is masked: no loss across a boundary.
+    Longest first, each into the fullest row that still has room (a new row when none has). Rows are
+    found by their free space (one sorted list of the distinct free amounts, at most ``cutoff + 1``),
+    so 1.7M examples pack in seconds; the whole-list scan of plain first-fit is quadratic.
     """
-    bins: list[list[dict[str, list[int]]]] = []
-    room: list[int] = []
-    for ex in sorted(examples, key=lambda e: len(e["input_ids"]), reverse=True):
-        n = len(ex["input_ids"])
-        slot = next((i for i, free in enumerate(room) if free >= n), None)
-        if slot is None:
-            bins.append([ex])
-            room.append(cutoff - n)
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    groups: list[list[int]] = []
+    free_values: list[int] = []  # sorted distinct free space of the open rows
+    rows_with_free: dict[int, list[int]] = {}
+    for i in order:
+        n = int(lengths[i])
+        at = bisect.bisect_left(free_values, n)
+        if at == len(free_values):
+            row, free = len(groups), cutoff
+            groups.append([])
         else:
-            bins[slot].append(ex)
-            room[slot] -= n
-    rows = []
-    for group in bins:
-        row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
-        for ex in group:
-            row["input_ids"] += ex["input_ids"]
-            row["labels"] += [IGNORE] + ex["labels"][1:]
-            row["position_ids"] += list(range(len(ex["input_ids"])))
-        rows.append(row)
-    return rows
+            free = free_values[at]
+            row = rows_with_free[free].pop()
+            if not rows_with_free[free]:
+                del rows_with_free[free], free_values[at]
+        groups[row].append(i)
+        left = free - n
+        if left > 0:
+            if left not in rows_with_free:
+                rows_with_free[left] = []
+                bisect.insort(free_values, left)
+            rows_with_free[left].append(row)
+    return groups
+
+
+def packed_row(examples: list[dict[str, list[int]]]) -> dict[str, list[int]]:
+    """One packed row from tokenized examples.
+
+    ``position_ids`` restart at 0 for every example; with no attention mask, transformers builds a
+    block-diagonal causal mask from them, so packed examples never attend to each other. The first
+    label of every example is masked: no loss across a boundary.
+    """
+    row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+    for ex in examples:
+        row["input_ids"] += ex["input_ids"]
+        row["labels"] += [IGNORE] + ex["labels"][1:]
+        row["position_ids"] += list(range(len(ex["input_ids"])))
+    return row
+
+
+def pack(examples: list[dict[str, list[int]]], cutoff: int) -> list[dict[str, list[int]]]:
+    """Packed rows of at most ``cutoff`` tokens from tokenized examples (``pack_groups`` + ``packed_row``)."""
+    groups = pack_groups([len(e["input_ids"]) for e in examples], cutoff)
+    return [packed_row([examples[i] for i in g]) for g in groups]
+
+
+def token_lengths(tokenizer: Any, examples: Sequence[Mapping[str, str]], batch: int = 128) -> tuple[Any, Any]:
+    """(prompt, response) token counts of every example, as int64 arrays.
+
+    Batched so the fast tokenizer spreads each batch over all cores; the token ids are dropped at
+    once, so memory holds one batch (at paper scale: 1.7M solutions of 10-30K tokens).
+    """
+    n = len(examples)
+    prompt, response = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    started = last_log = time.monotonic()
+    for start in range(0, n, batch):
+        part = [examples[i] for i in range(start, min(start + batch, n))]
+        for out, key in ((prompt, "prompt"), (response, "response")):
+            texts = [e[key] or "" for e in part]
+            ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if any(texts) else [[] for _ in texts]
+            out[start : start + len(part)] = [len(x) for x in ids]
+        if time.monotonic() - last_log > 30:
+            last_log = time.monotonic()
+            log.info(
+                "token lengths: %d / %d examples (%.0f/s)",
+                start + len(part),
+                n,
+                (start + len(part)) / (last_log - started),
+            )
+    return prompt, response
+
+
+class TokenizedExamples:
+    """The training set as a map-style dataset that tokenizes on access.
+
+    Holds the examples (a list, or a lazy view of Arrow data), the kept indices or packed groups,
+    and their lengths; never the token ids of the whole set. ``lengths`` feeds the length-grouped
+    sampler without a tokenization pass of its own.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[Mapping[str, str]],
+        tokenizer: Any,
+        cutoff: int,
+        items: list[list[int]],
+        lengths: list[int],
+        packed: bool,
+    ):
+        self.examples, self.tokenizer, self.cutoff = examples, tokenizer, cutoff
+        self.items, self.lengths, self.packed = items, lengths, packed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def encode(self, i: int) -> dict[str, list[int]]:
+        e = self.examples[i]
+        pair = tokenize_pair(self.tokenizer, e["prompt"], e["response"], self.cutoff)
+        if pair is None:  # lengths said otherwise: the examples changed under the run
+            raise RuntimeError(f"example {i} has nothing to learn; its cached length is stale")
+        return pair
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        group = self.items[i]
+        return packed_row([self.encode(j) for j in group]) if self.packed else self.encode(group[0])
 
 
 class FlatCollator:
@@ -94,6 +186,28 @@ def load_model(path: str, config_overrides: dict[str, Any] | None = None, trust_
     return AutoModelForCausalLM.from_pretrained(path, config=config, trust_remote_code=trust_remote_code)
 
 
+def _cached_lengths(
+    run_dir: Path, tokenizer: Any, examples: Sequence[Mapping[str, str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``token_lengths`` of the examples, saved in the run folder so other ranks and resumed runs
+    reuse them. Keyed by the tokenizer, the number of examples and the first and last example, so a
+    run folder left over from other data is recomputed rather than trusted."""
+    n = len(examples)
+    ends = [dict(examples[i]) for i in sorted({0, n - 1})] if n else []
+    key = json.dumps([getattr(tokenizer, "name_or_path", ""), len(tokenizer), n, ends], sort_keys=True)
+    fingerprint = hashlib.sha256(key.encode()).hexdigest()
+    path = run_dir / "token_lengths.npz"
+    if path.exists():
+        cached = np.load(path)
+        if str(cached["fingerprint"]) == fingerprint:
+            return cached["prompt"], cached["response"]
+    prompt, response = token_lengths(tokenizer, examples)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, prompt=prompt, response=response, fingerprint=np.array(fingerprint))
+    return prompt, response
+
+
 def _last_checkpoint(run_dir: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -102,7 +216,7 @@ def _last_checkpoint(run_dir: Path) -> str | None:
 
 def train(
     base_model: str,
-    examples: list[dict[str, str]],
+    examples: Sequence[Mapping[str, str]],
     output_dir: str,
     settings: dict[str, Any],
     loss_csv: str | None = None,
@@ -117,32 +231,28 @@ def train(
     the last one. The finished model appears at ``output_dir`` atomically (rename of a temp dir).
     """
     import torch
-    from datasets import Dataset
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class _Trainer(Trainer):
+        """Length-grouped batches from the lengths already known (the stock sampler would tokenize
+        the whole set once more to learn them, as ``TokenizedExamples`` is not a ``datasets.Dataset``)."""
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, TokenizedExamples):
+                batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+                return LengthGroupedSampler(batch, lengths=dataset.lengths)
+            return super()._get_train_sampler(train_dataset)
 
     trust = bool(settings.get("trust_remote_code", False))
     tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     cutoff = int(settings["cutoff"])
-    rows = [tokenize_pair(tokenizer, e["prompt"], e["response"], cutoff) for e in examples]
-    kept = [r for r in rows if r is not None]
-    if not kept:
-        raise ValueError(f"no trainable examples for {output_dir} ({len(examples)} given)")
-    n_truncated = sum(1 for e, r in zip(examples, rows, strict=True) if r is not None and len(r["input_ids"]) == cutoff)
-    log.info(
-        "training examples: %d in, %d usable, %d truncated at %d tokens", len(examples), len(kept), n_truncated, cutoff
-    )
-    n_used = len(kept)
-    packing = bool(settings.get("packing", False))
-    if packing:
-        kept = pack(kept, cutoff)
-        log.info("packed into %d rows of <= %d tokens", len(kept), cutoff)
-    dataset = Dataset.from_list(kept)
-
-    model = load_model(base_model, config_overrides, trust)
     run_dir = Path(f"{output_dir}.run")
     use_cuda = torch.cuda.is_available()
+    packing = bool(settings.get("packing", False))
     args = TrainingArguments(
         output_dir=str(run_dir),
         num_train_epochs=float(settings.get("epochs", 1)),
@@ -168,7 +278,30 @@ def train(
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
-    trainer = Trainer(
+    # One tokenization pass for the lengths (rank 0 first, cached for the other ranks and for resumes);
+    # the token ids themselves are produced batch by batch while training.
+    with args.main_process_first(desc="token lengths"):
+        prompt_len, response_len = _cached_lengths(run_dir, tokenizer, examples)
+    usable = (response_len > 0) & (prompt_len < cutoff)
+    lengths = np.minimum(prompt_len + response_len, cutoff)
+    kept = np.flatnonzero(usable)
+    if not len(kept):
+        raise ValueError(f"no trainable examples for {output_dir} ({len(examples)} given)")
+    n_truncated = int(np.count_nonzero(usable & (prompt_len + response_len >= cutoff)))
+    log.info(
+        "training examples: %d in, %d usable, %d truncated at %d tokens", len(examples), len(kept), n_truncated, cutoff
+    )
+    if packing:
+        groups = [[int(kept[j]) for j in g] for g in pack_groups(lengths[kept].tolist(), cutoff)]
+        log.info("packed into %d rows of <= %d tokens", len(groups), cutoff)
+    else:
+        groups = [[int(i)] for i in kept]
+    dataset = TokenizedExamples(
+        examples, tokenizer, cutoff, groups, [int(lengths[g].sum()) for g in groups], packed=packing
+    )
+
+    model = load_model(base_model, config_overrides, trust)
+    trainer = _Trainer(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -202,8 +335,8 @@ def train(
     losses = [h["loss"] for h in history if "loss" in h]
     return {
         "examples_in": len(examples),
-        "examples_used": n_used,
-        "packed_rows": len(kept) if packing else None,
+        "examples_used": len(kept),
+        "packed_rows": len(groups) if packing else None,
         "truncated": n_truncated,
         "steps": trainer.state.global_step,
         "resumed_from": resume,
