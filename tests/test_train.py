@@ -244,3 +244,27 @@ def test_pack_groups_is_a_valid_tight_packing():
                 room[slot] -= n
         assert len(groups) <= len(room)
         assert len(groups) >= -(-sum(lengths) // cutoff)
+
+
+def test_token_lengths_match_the_tokenization_used_in_training(tmp_path):
+    """The one batched length pass (Rust fast path) counts exactly what ``tokenize_pair`` produces, so
+    packing and truncation counts agree with the rows actually trained on."""
+    from transformers import AutoTokenizer
+
+    from scalediff.train import token_lengths
+
+    tok = AutoTokenizer.from_pretrained(build_tiny(tmp_path / "m"))
+    examples = [
+        {"prompt": "<|im_start|>user\n" + f + "<|im_end|>\n<|im_start|>assistant\n", "response": f * 3 + "<|im_end|>"}
+        for f in FACTS
+    ] + [{"prompt": "", "response": "<think>\n\n</think>\n\n$\\boxed{7}$<|im_end|>"}, {"prompt": "x", "response": ""}]
+    prompt, response = token_lengths(tok, examples, batch=3)
+
+    def n(text):
+        return len(tok.encode(text, add_special_tokens=False)) if text else 0
+
+    assert prompt.tolist() == [n(e["prompt"]) for e in examples]
+    assert response.tolist() == [n(e["response"]) for e in examples]
+    assert prompt[0] > 5 and response[-1] == 0 and prompt[-2] == 0
+    pair = tokenize_pair(tok, examples[0]["prompt"], examples[0]["response"], cutoff=10_000)
+    assert len(pair["input_ids"]) == prompt[0] + response[0]

@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
 
 from scalediff import cli
-from scalediff.records import write_json
+from scalediff.records import PROBLEM_SCHEMA, atomic_path, iter_batches, write_json
 
 log = logging.getLogger(__name__)
 
@@ -23,32 +26,45 @@ END = "<|im_end|>"
 class DatasetExamples(Sequence):
     """``{prompt, response}`` of the final dataset's rows, formatted on access.
 
-    The Parquet files are loaded once into a memory-mapped Arrow cache (``datasets``), shared by
+    The Parquet files are streamed once into an Arrow file that ``datasets`` memory-maps, shared by
     every rank on the node, so the training set (1.7M rows of 10-30K-token solutions at paper scale,
     tens of GB) is never held in Python; only the indices of rows with a problem and a solution are.
     """
 
+    COLUMNS = ("problem", "solution", "origin")
+
     def __init__(self, paths: list[str], cache_dir: str):
         import numpy as np
         import pyarrow.compute as pc
-        from datasets import load_dataset
+        from datasets import Dataset
+        from filelock import FileLock
 
-        self.rows = load_dataset(
-            "parquet",
-            data_files=list(paths),
-            split="train",
-            cache_dir=cache_dir,
-            columns=["problem", "solution", "origin"],
-        )
+        arrow = Path(cache_dir) / "examples.arrow"
+        arrow.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{arrow}.lock"):  # one rank converts, the others wait and map the same file
+            if not arrow.exists():
+                self._to_arrow(paths, arrow)
+        self.rows = Dataset.from_file(str(arrow))
         table = self.rows.data.table
-        present = pc.and_(
-            pc.greater(pc.utf8_length(pc.fill_null(table["problem"], "")), 0),
-            pc.greater(pc.utf8_length(pc.fill_null(table["solution"], "")), 0),
-        )
+        # lengths of the mapped columns (null -> 0) rather than fill_null, which copies the texts
+        present = pc.and_(*(pc.greater(pc.fill_null(pc.utf8_length(table[c]), 0), 0) for c in ("problem", "solution")))
         self.index = np.flatnonzero(present.to_numpy(zero_copy_only=False))
         counts = pc.value_counts(table["origin"]).to_pylist()
         self.by_origin = {c["values"]: c["counts"] for c in counts}
         self.n_rows = table.num_rows
+
+    @classmethod
+    def _to_arrow(cls, paths: list[str], arrow: Path) -> None:
+        """The columns SFT reads, streamed into one Arrow IPC file (the format ``datasets`` maps).
+
+        Not ``load_dataset("parquet")``: its reader keeps pyarrow's pre-buffered row groups until a
+        file is done (measured: +0.5 GB of anonymous memory per 20k paper-length rows).
+        """
+        schema = pa.schema([PROBLEM_SCHEMA.field(c) for c in cls.COLUMNS])
+        with atomic_path(arrow) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as out:
+            for path in paths:
+                for batch in iter_batches(path, columns=list(cls.COLUMNS)):
+                    out.write_table(pa.Table.from_batches([batch]).cast(schema))
 
     def __len__(self) -> int:
         return len(self.index)

@@ -98,29 +98,31 @@ def pack(examples: list[dict[str, list[int]]], cutoff: int) -> list[dict[str, li
     return [packed_row([examples[i] for i in g]) for g in groups]
 
 
-def token_lengths(tokenizer: Any, examples: Sequence[Mapping[str, str]], batch: int = 128) -> tuple[Any, Any]:
+def token_lengths(tokenizer: Any, examples: Sequence[Mapping[str, str]], batch: int = 32) -> tuple[Any, Any]:
     """(prompt, response) token counts of every example, as int64 arrays.
 
-    Batched so the fast tokenizer spreads each batch over all cores; the token ids are dropped at
-    once, so memory holds one batch (at paper scale: 1.7M solutions of 10-30K tokens).
+    Batched so a fast tokenizer spreads each batch over all cores, through the Rust tokenizer's
+    ``encode_batch_fast`` (no offsets, no Python lists of ids: ~2x faster); memory holds one batch
+    (~130 MB for 32 paper-length solutions), whatever the number of examples.
     """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+
+    def count(texts: list[str]) -> list[int]:
+        if backend is not None:
+            return [len(e) for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        return [len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
     n = len(examples)
     prompt, response = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     started = last_log = time.monotonic()
     for start in range(0, n, batch):
         part = [examples[i] for i in range(start, min(start + batch, n))]
         for out, key in ((prompt, "prompt"), (response, "response")):
-            texts = [e[key] or "" for e in part]
-            ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if any(texts) else [[] for _ in texts]
-            out[start : start + len(part)] = [len(x) for x in ids]
+            out[start : start + len(part)] = count([e[key] or "" for e in part])
         if time.monotonic() - last_log > 30:
             last_log = time.monotonic()
-            log.info(
-                "token lengths: %d / %d examples (%.0f/s)",
-                start + len(part),
-                n,
-                (start + len(part)) / (last_log - started),
-            )
+            done = start + len(part)
+            log.info("token lengths: %d / %d examples (%.0f/s)", done, n, done / (last_log - started))
     return prompt, response
 
 
