@@ -101,7 +101,7 @@ def iter_batches(
 
     ``pre_buffer=False``: pyarrow's default pre-buffering caches every row group it has read until the
     reader is closed, so a pass over a file grows by the file's compressed size (measured: +15 MB per
-    1,024 paper-length rows, 2.4 GB at 100k rows); without it memory stays flat whatever the length.
+    1,024 paper-length rows); without it memory stays flat whatever the length.
     """
     yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_size, columns=columns)
 
