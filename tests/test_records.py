@@ -43,6 +43,19 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_files_get_the_umask_mode_not_0600(tmp_path, umask):
+    """Outputs must be readable by colleagues: the mode is what open() would give, 0666 & ~umask."""
+    import os
+
+    old = os.umask(umask)
+    try:
+        write_rows([{"id": "p-1", "problem": "1+1"}], tmp_path / "out.parquet")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.parquet").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_write_rows_enforces_schema(tmp_path):
     row = {"id": "p-1", "problem": "x", "solution": None, "answer": None, "origin": "original", "source": "s"}
     write_rows([row], tmp_path / "a.parquet", PROBLEM_SCHEMA)

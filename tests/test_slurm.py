@@ -268,3 +268,35 @@ def test_literal_profile_slurm_from_repo_root(tmp_path):
         proc.stderr[:2000]
     )
     _check_tiny_run(snakefile.parent, proc)
+
+
+# A CPU rule of the real workflow's name (so profiles/slurm's escalating resources apply) that fails
+# on its first attempt only: the marker file survives the failed job, the output does not.
+FLAKY_SNAKEFILE = textwrap.dedent(
+    r"""
+    rule ingest:
+        output: "cpu.txt"
+        shell:
+            "if [ ! -e first_attempt.done ]; then touch first_attempt.done; exit 3; fi; "
+            "echo \"mem={resources.mem_mb}\" > {output}"
+    """
+)
+
+
+def test_failed_job_is_resubmitted_with_escalated_memory(tmp_path):
+    """`retries` + `mem_mb: "<base> * attempt"` in profiles/slurm: the second submission asks SLURM
+    for twice the memory, and the accounting database shows both jobs."""
+    workdir = tmp_path / "wf"
+    workdir.mkdir()
+    snakefile = workdir / "Snakefile"
+    snakefile.write_text(FLAKY_SNAKEFILE)
+    proc = run_snakemake_slurm(workdir, snakefile=snakefile, extra_args=["--verbose"])
+    log = proc.stdout + proc.stderr
+    jobids = re.findall(r"submitted with SLURM jobid (\d+)", log)
+    assert len(jobids) == 2, log[-3000:]
+    first, second = (sacct_job(j, retries=5)["job"] for j in jobids)
+    assert first["State"] == "FAILED" and first["ExitCode"] != "0:0", first  # the rule exits 3 in attempt 1
+    assert second["State"] == "COMPLETED", second
+    base = int(tres(first["ReqTRES"])["mem"].removesuffix("M"))
+    assert tres(second["ReqTRES"])["mem"] == f"{2 * base}M", (first, second)
+    assert (workdir / "cpu.txt").read_text().strip() == f"mem={2 * base}"

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
 
 # The problem record: one row per problem, original or generated.
 PROBLEM_SCHEMA = pa.schema(
@@ -69,12 +72,29 @@ def problem_id(text: str, prefix: str = "p") -> str:
     return f"{prefix}-{digest}"
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; move it into place only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus the umask) so
+    # colleagues and jobs running as another user can read datasets, models and reports.
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     try:
         yield Path(tmp)
@@ -189,52 +209,183 @@ def parse_scatteritem(item: str) -> tuple[int, int]:
     return int(i) - 1, int(n)
 
 
+def digest(value: Any) -> str:
+    """Short sha256 of ``value``'s canonical JSON: the identity of settings, prompts, payloads."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+# Files up to this size are known by their content (configs, tokenizers, small data); larger ones
+# (weights, datasets of GBs) by size and modification time, so a fingerprint never reads GBs at start-up.
+CONTENT_DIGEST_BYTES = 4 << 20
+
+
+def _file_identity(path: Path) -> str | list[int]:
+    st = path.stat()
+    if st.st_size > CONTENT_DIGEST_BYTES:
+        return [st.st_size, st.st_mtime_ns]
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:32]
+
+
+def _hub_snapshot(name: str) -> Path | None:
+    """The local snapshot folder of a Hub model id (its path names the commit), if it is cached."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json")
+    except Exception:  # not a valid repo id, no hub client: the name is all there is
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def source_identity(source: str | os.PathLike) -> dict[str, Any]:
+    """What a model (directory or cached Hub id) or data file is, for a ``Fingerprint``: its name and
+    the identity of each of its files (top level; hidden files skipped)."""
+    path = Path(source)
+    if not path.exists():
+        snapshot = _hub_snapshot(str(source))
+        if snapshot is None:
+            return {"name": str(source)}
+        path = snapshot
+    files = [path] if path.is_file() else sorted(f for f in path.iterdir() if f.is_file() and f.name[0] != ".")
+    return {"name": str(source), "files": {f.name: _file_identity(f) for f in files}}
+
+
+class Fingerprint:
+    """What produced a piece of resumable state (model, settings, inputs): one digest per named part.
+
+    Every resumable state (shard checkpoints, the SFT Arrow cache, token lengths, training
+    checkpoints) is stored with one; state whose fingerprint differs is discarded, and the log names
+    the parts that changed.
+    """
+
+    def __init__(self, **parts: Any) -> None:
+        self.parts = {name: digest(value) for name, value in sorted(parts.items())}
+
+    @property
+    def digest(self) -> str:
+        return digest(self.parts)
+
+    def stale(self, saved: Any) -> str | None:
+        """Why state stamped with ``saved`` cannot be reused, or None when it can."""
+        if not isinstance(saved, dict):
+            return "it has no fingerprint"
+        changed = sorted(k for k in self.parts.keys() | saved.keys() if self.parts.get(k) != saved.get(k))
+        return f"{', '.join(changed)} changed" if changed else None
+
+    def reusable(self, saved: Any, what: str) -> bool:
+        """``stale`` that logs why ``what`` is discarded."""
+        reason = self.stale(saved)
+        if reason:
+            log.info("discarding %s: %s", what, reason)
+        return reason is None
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write as a sidecar JSON file (after the state it describes is complete)."""
+        write_json(self.parts, path)
+
+    def matches(self, path: str | os.PathLike, what: str) -> bool:
+        """Whether the sidecar at ``path`` is this fingerprint; logs why not."""
+        try:
+            saved = read_json(path)
+        except (OSError, ValueError):
+            saved = None
+        return self.reusable(saved, what)
+
+
 class ShardCheckpoint:
     """Append-only JSONL of finished rows inside a long shard, so a killed job resumes.
 
-    Each batch is appended and fsynced as one write; a torn last line (killed mid-write) is
-    ignored on reload. The final Parquet is written from it atomically, then it is removed.
+    The first line is the ``Fingerprint`` of what makes the rows (model, sampling, seeds); every
+    row carries its job's digest under ``JOB`` (prompt and payload). A checkpoint with another
+    fingerprint is discarded whole, a row made for another version of a job is not reused, and only
+    rows of the jobs asked for are returned. Each batch is appended and fsynced as one write; a torn
+    last line (killed mid-write) is ignored on reload. The final Parquet is written from it
+    atomically, then it is removed.
     """
 
-    def __init__(self, final_path: str | os.PathLike, key: str = "key"):
+    JOB = "_job"
+    HEADER = "fingerprint"
+
+    def __init__(self, final_path: str | os.PathLike, key: str = "key", fingerprint: Fingerprint | None = None):
         self.final_path = Path(final_path)
         self.path = self.final_path.with_name(self.final_path.name + ".partial.jsonl")
         self.key = key
+        self.fingerprint = fingerprint or Fingerprint()
 
-    def load(self) -> list[dict[str, Any]]:
+    def _read(self) -> tuple[Any, list[dict[str, Any]], int]:
+        """(saved fingerprint or None, rows, bytes of complete lines), without changing the file."""
+        header, rows, good_bytes = None, [], 0
         if not self.path.exists():
-            return []
-        rows, good_bytes = [], 0
+            return header, rows, good_bytes
         with open(self.path, "rb") as fh:
-            for line in fh:
+            for n, line in enumerate(fh):
                 if not line.endswith(b"\n"):
-                    break  # torn write from a kill: drop it and truncate below
+                    break  # torn write from a kill
                 try:
-                    rows.append(json.loads(line))
+                    value = json.loads(line)
                 except json.JSONDecodeError:
                     break
                 good_bytes += len(line)
-        if good_bytes != self.path.stat().st_size:
+                if n == 0 and isinstance(value, dict) and set(value) == {self.HEADER}:
+                    header = value[self.HEADER]
+                else:
+                    rows.append(value)
+        return header, rows, good_bytes
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows made under this fingerprint (none if it differs); read-only, safe while a job appends."""
+        header, rows, _ = self._read()
+        return rows if self.fingerprint.stale(header) is None else []
+
+    def load(self) -> list[dict[str, Any]]:
+        """``rows`` for the job that appends next: a checkpoint with another fingerprint is deleted
+        (the log says what changed) and a torn last line is truncated."""
+        header, rows, good_bytes = self._read()
+        if not self.path.exists():
+            return []
+        if good_bytes and not self.fingerprint.reusable(header, f"checkpoint {self.path}"):
+            self.path.unlink()
+            return []
+        if not good_bytes:  # killed while writing its first line: nothing to keep
+            self.path.unlink()
+        elif good_bytes != self.path.stat().st_size:
             with open(self.path, "r+b") as fh:
                 fh.truncate(good_bytes)
         return rows
 
-    def done_keys(self) -> set[str]:
-        return {r[self.key] for r in self.load()}
+    def _current(self, jobs: Iterable[str] | Mapping[str, str] | None) -> list[dict[str, Any]]:
+        """Rows of ``jobs`` (all when None); given a mapping key -> job digest, only rows made for
+        that digest (the same key with another prompt is another job)."""
+        if jobs is None:
+            return self.rows()
+        digests = jobs if isinstance(jobs, Mapping) else dict.fromkeys(jobs)
+        return [
+            r
+            for r in self.rows()
+            if r.get(self.key) in digests and (digests[r[self.key]] is None or r.get(self.JOB) == digests[r[self.key]])
+        ]
+
+    def done_keys(self, jobs: Iterable[str] | Mapping[str, str] | None = None) -> set[str]:
+        return {r[self.key] for r in self._current(jobs)}
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            lines.insert(0, json.dumps({self.HEADER: self.fingerprint.parts}) + "\n")
         with open(self.path, "ab") as fh:
-            fh.write(payload)
+            fh.write("".join(lines).encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
 
-    def rows_in_order(self, order: list[str]) -> list[dict[str, Any]]:
-        rank = {k: i for i, k in enumerate(order)}
-        return sorted(self.load(), key=lambda r: rank.get(r[self.key], len(rank)))
+    def rows_in_order(self, jobs: Sequence[str] | Mapping[str, str]) -> list[dict[str, Any]]:
+        """The checkpoint rows of ``jobs`` only (see ``_current``), in job order, without ``JOB``."""
+        rank = {k: i for i, k in enumerate(jobs)}
+        rows = sorted(self._current(jobs), key=lambda r: rank[r[self.key]])
+        return [{k: v for k, v in r.items() if k != self.JOB} for r in rows]
 
     def discard(self) -> None:
         """Call after the final output is in place."""
