@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -22,10 +23,10 @@ from scalediff.records import (
     PROBLEM_SCHEMA,
     ShardCheckpoint,
     concat_parquet,
+    iter_rows,
     parse_scatteritem,
     problem_id,
     read_many,
-    read_rows,
     shard_slice,
     write_json,
     write_rejects,
@@ -38,8 +39,10 @@ QFT_PREFIX = "<|im_start|>user\n"
 QFT_SUFFIX = "<|im_end|>\n"
 
 
-def qft_examples(problems: list[dict[str, Any]], difficulty: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """The QFT set (SPEC §2): difficult problems only, loss on ``{problem}<|im_end|>\\n``."""
+def qft_examples(problems: Iterable[dict[str, Any]], difficulty: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
+    """The QFT set (SPEC §2): difficult problems only, loss on ``{problem}<|im_end|>\\n``.
+
+    Both inputs are consumed once, ``difficulty`` first, so they can be streamed."""
     difficult = {r["id"] for r in difficulty if r["difficult"]}
     return [{"prompt": QFT_PREFIX, "response": p["problem"] + QFT_SUFFIX} for p in problems if p["id"] in difficult]
 
@@ -47,7 +50,9 @@ def qft_examples(problems: list[dict[str, Any]], difficulty: list[dict[str, Any]
 def train_generator(args: argparse.Namespace, settings: dict[str, Any]) -> None:
     from scalediff.train import is_main_process, train
 
-    examples = qft_examples(read_rows(args.problems), read_rows(args.difficulty))
+    # Every rank builds the set: stream the two columns each needs, never the pool's solutions.
+    problems = iter_rows(args.problems, columns=["id", "problem"])
+    examples = qft_examples(problems, iter_rows(args.difficulty, columns=["id", "difficult"]))
     log.info("diffgen train: %d difficult problems", len(examples))
     stats = train(args.base_model, examples, args.output, settings["diffgen"]["train"], loss_csv=args.loss_csv)
     if is_main_process():

@@ -160,16 +160,53 @@ def write_rows(rows: list[dict[str, Any]], path: str | os.PathLike, schema: pa.S
     write_table(table, path)
 
 
-def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
-    return pq.read_table(path).to_pylist()
+def read_rows(path: str | os.PathLike, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    return pq.read_table(path, columns=columns).to_pylist()
 
 
-def read_shard(table: pa.Table | str | os.PathLike, shard: int, n_shards: int) -> list[dict[str, Any]]:
-    """Rows of one contiguous shard; the slice is taken in Arrow so a shard job converts only its
-    own rows to Python, not the whole table (558K pool rows, ~2M generated problems at paper scale)."""
+def iter_rows(
+    path: str | os.PathLike, columns: list[str] | None = None, batch_size: int = ROW_GROUP_ROWS
+) -> Iterator[dict[str, Any]]:
+    """Rows of a Parquet file as dicts, one row group in memory at a time (``iter_batches``)."""
+    for batch in iter_batches(path, batch_size, columns):
+        yield from batch.to_pylist()
+
+
+def num_rows(path: str | os.PathLike) -> int:
+    """Rows of a Parquet file, from its footer (nothing else is read)."""
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def read_range(path: str | os.PathLike, start: int, stop: int, columns: list[str] | None = None) -> pa.Table:
+    """Rows ``start:stop`` of a Parquet file; only the row groups that overlap them are read, and only
+    ``columns`` (all when None), so memory follows the range, not the file."""
+    pf = pq.ParquetFile(path, pre_buffer=False)
+    groups, first, offset = [], 0, 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if offset < stop and offset + n > start:
+            if not groups:
+                first = offset  # the table read starts at this row
+            groups.append(g)
+        offset += n
+    if not groups:
+        schema = pf.schema_arrow
+        return schema.empty_table().select(columns) if columns is not None else schema.empty_table()
+    table = pf.read_row_groups(groups, columns=columns)
+    return table.slice(start - first, stop - start)
+
+
+def read_shard(
+    table: pa.Table | str | os.PathLike, shard: int, n_shards: int, columns: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Rows of one contiguous shard, only ``columns`` (all when None). From a file only the shard's
+    row groups are read, and only its rows are converted to Python, not the whole table (558K pool
+    rows with paper-length solutions, ~2M generated problems at paper scale)."""
     if not isinstance(table, pa.Table):
-        table = pq.read_table(table)
+        part = shard_slice(num_rows(table), shard, n_shards)
+        return read_range(table, part.start, part.stop, columns).to_pylist()
     part = shard_slice(table.num_rows, shard, n_shards)
+    table = table.select(columns) if columns is not None else table
     return table.slice(part.start, part.stop - part.start).to_pylist()
 
 

@@ -17,11 +17,14 @@ from collections import Counter
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from scalediff import cli
 from scalediff.engine import Completion, Engine, ShardJob, run_shard
 from scalediff.records import (
     ShardCheckpoint,
+    concat_parquet,
     parse_scatteritem,
     read_many,
     read_shard,
@@ -119,9 +122,10 @@ def run(
     return counts
 
 
-def summarize(scores: list[dict[str, Any]], rejects: list[dict[str, Any]], threshold: float | None) -> dict[str, Any]:
-    n = len(scores)
-    difficult = sum(1 for r in scores if r["difficult"])
+def summarize(flags: pa.ChunkedArray, rejects: list[dict[str, Any]], threshold: float | None) -> dict[str, Any]:
+    """Counts from the scores' ``difficult`` column (``flags``) and the quarantined rows."""
+    n = len(flags)
+    difficult = pc.sum(flags).as_py() or 0
     return {
         "scored": n,
         "difficult": difficult,
@@ -154,18 +158,21 @@ def main(argv: list[str] | None = None) -> None:
     settings = cli.load_settings(args)
     if args.cmd == "shard":
         shard, n_shards = parse_scatteritem(args.shard)
-        run(read_shard(args.problems, shard, n_shards), args.model, settings, args.output, args.rejects)
+        problems = read_shard(args.problems, shard, n_shards, columns=["id", "problem"])
+        run(problems, args.model, settings, args.output, args.rejects)
     else:
         from scalediff.plots import histogram
 
-        scores, rejects = read_many(args.shards), read_many(args.shard_rejects)
+        # Streamed shard by shard; the summary and plot need two small columns of the result only.
+        concat_parquet(args.shards, args.output, SCORE_SCHEMA)
+        scores = pq.read_table(args.output, columns=["difficult", "p_nothink"])
+        rejects = read_many(args.shard_rejects)
         threshold = settings["select"].get("threshold")
-        write_rows(scores, args.output, SCORE_SCHEMA)
         write_rejects(rejects, args.rejects)
-        summary = summarize(scores, rejects, threshold)
+        summary = summarize(scores["difficult"], rejects, threshold)
         write_json(summary, args.summary)
         histogram(
-            [r["p_nothink"] for r in scores],
+            scores["p_nothink"].to_numpy(),
             args.plot,
             title=f"P(first token = </think>), {summary['scored']} problems, {summary['difficult']} difficult",
             xlabel="p_nothink",
