@@ -82,3 +82,33 @@ def test_never_nothink_selector_calls_everything_difficult(never_nothink, tmp_pa
     # A threshold above every p_nothink keeps them difficult; one below flips them to simple.
     low, _ = _run_select(never_nothink, tmp_path, threshold=0.0)
     assert not any(r["difficult"] for r in low)
+
+
+def test_gather_streams_shards_into_scores_summary_and_plot(tmp_path):
+    """The gather through its CLI: shard score files joined in order, summary from the columns."""
+    from scalediff import select
+    from scalediff.records import REJECT_SCHEMA
+
+    def score(i, difficult):
+        return {"id": f"p-{i}", "difficult": difficult, "p_nothink": 0.1 if difficult else 0.9, "first_token": "x"}
+
+    shards = [[score(i, i % 3 == 0) for i in range(k * 1500, (k + 1) * 1500)] for k in range(2)]
+    paths, reject_paths = [], []
+    for k, rows in enumerate(shards):
+        paths.append(str(tmp_path / f"{k}.parquet"))
+        reject_paths.append(str(tmp_path / f"{k}.rejects.parquet"))
+        write_rows([{**r, "top_tokens": "{}"} for r in rows], paths[-1], select.SCORE_SCHEMA)
+        bad = [{"stage": "select", "id": f"q-{k}", "field": "problem", "reason": "empty problem"}]
+        write_rows(bad, reject_paths[-1], REJECT_SCHEMA)
+    out = {n: str(tmp_path / n) for n in ("scores.parquet", "rejects.parquet", "summary.json", "p.png")}
+    select.main(
+        ["gather", "--shards", *paths, "--shard-rejects", *reject_paths, "--output", out["scores.parquet"]]
+        + ["--rejects", out["rejects.parquet"], "--summary", out["summary.json"], "--plot", out["p.png"]]
+        + ["--settings", json.dumps({"select": {"threshold": None}})]
+    )
+    assert [r["id"] for r in read_rows(out["scores.parquet"])] == [f"p-{i}" for i in range(3000)]
+    assert [r["id"] for r in read_rows(out["rejects.parquet"])] == ["q-0", "q-1"]
+    summary = json.loads(open(out["summary.json"]).read())
+    assert (summary["scored"], summary["difficult"], summary["simple"], summary["quarantined"]) == (3000, 1000, 2000, 2)
+    assert summary["difficult_ratio"] == 1000 / 3000
+    assert open(out["p.png"], "rb").read(4) == b"\x89PNG"
