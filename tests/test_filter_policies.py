@@ -1,0 +1,145 @@
+"""filter rules stage: the originals' policies, superseded pool solutions, pool quarantine, negative answers,
+lone surrogates and pathological answers, each deciding a row through ``run_rules``.
+
+Every test runs the stage twice (or on a row and its twin) so that ignoring the setting or the check
+changes the outcome: a row kept under one setting is removed under the other, with its reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from test_filter import GOOD, _bench_problems, _benchmarks, _disabled, _write_parquet, sol
+
+from scalediff import filter as flt
+
+# Both have a gold answer in the pool; the teacher solves them (no pool solution).
+P100 = "What is the remainder when 100 is divided by 7? Give the remainder only."
+P200 = "What is the remainder when 200 is divided by 7? Give the remainder only."
+# Ships its own solution in the pool.
+PAIRS = "Find the number of ordered pairs of positive integers whose product is 12."
+
+
+def boxed(answer: str) -> str:
+    return GOOD.replace("{5}", "{" + answer + "}")
+
+
+def pool_row(pid: str, problem: str, solution: str | None, answer: str | None, **kw) -> dict:
+    return {
+        "id": pid,
+        "problem": problem,
+        "solution": solution,
+        "answer": answer,
+        "origin": "original",
+        "source": "math_train",
+        **kw,
+    }
+
+
+def original(pid: str, problem: str, completion: str, **kw) -> dict:
+    return sol(pid, problem, completion, origin="original", source="math_train", **kw)
+
+
+def run(tmp: Path, solutions: list[dict] | Path, pool: list[dict] | Path, cfg: dict, workers: int = 1) -> dict:
+    """``run_rules`` on the rows; ``{(file, id, sample): reject row or "kept"}`` for every input row."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    sol_path = solutions if isinstance(solutions, Path) else _write_parquet(solutions, tmp / "solutions.parquet")
+    pool_path = pool if isinstance(pool, Path) else _write_parquet(pool, tmp / "pool.parquet")
+    cand, rejects = tmp / "cand.parquet", tmp / "rejects.parquet"
+    flt.run_rules(
+        str(sol_path), str(pool_path), _benchmarks(), cfg, str(cand), str(rejects), str(tmp / "stats.json"), workers
+    )
+    out: dict = {(r["file"], r["id"], r["sample"]): "kept" for r in pq.read_table(cand).to_pylist()}
+    for r in pq.read_table(rejects).to_pylist():
+        key = (r["file"], r["id"], r["sample"])
+        assert key not in out, key
+        out[key] = r
+    return out
+
+
+def reason(outcome: dict | str) -> str:
+    return outcome if outcome == "kept" else outcome["reason"]
+
+
+def filter_of(outcome: dict | str) -> str:
+    return outcome if outcome == "kept" else outcome["filter"]
+
+
+# ----------------------------------------------------------------------------- originals' policies
+def test_original_solution_rules_policy(tmp_path):
+    """``original.solution_rules``: a truncated teacher solution of an original (right answer) is removed
+    as ``truncated`` when on and kept when off; a generated truncated row is removed either way. Runs in
+    2 worker processes, where the row-local solution checks happen."""
+    truncated = "<think>\nDivide: 100 = 14 * 7 + 2, so the remainder is \\boxed{2} and now let me also"
+    solutions = [
+        original("p-100", P100, truncated, finish_reason="length"),
+        original("p-200", P200, boxed("4")),
+        sol("g-trunc", "A train goes 60 miles in 1.5 hours. What is its speed in miles per hour?", truncated),
+    ]
+    pool = [pool_row("p-100", P100, None, "2"), pool_row("p-200", P200, None, "4")]
+    on = run(tmp_path / "on", solutions, pool, _disabled(original={"solution_rules": True}), workers=2)
+    off = run(tmp_path / "off", solutions, pool, _disabled(original={"solution_rules": False}), workers=2)
+    assert reason(on["solutions", "p-100", 0]) == "truncated"
+    assert filter_of(on["solutions", "p-100", 0]) == "solution"
+    assert off["solutions", "p-100", 0] == "kept"
+    for out in (on, off):
+        assert out["solutions", "p-200", 0] == "kept"
+        assert reason(out["solutions", "g-trunc", 0]) == "truncated"  # generated rows always get the rules
+
+
+def test_original_check_gold_policy(tmp_path):
+    """``original.check_gold``: a teacher answer 9 against the pool's gold 4 is ``gold_mismatch`` when
+    on (the detail names both answers) and kept when off; a correct answer is kept either way."""
+    solutions = [original("p-100", P100, boxed("2")), original("p-200", P200, boxed("9"))]
+    pool = [pool_row("p-100", P100, None, "2"), pool_row("p-200", P200, None, "4")]
+    on = run(tmp_path / "on", solutions, pool, _disabled(original={"check_gold": True}))
+    off = run(tmp_path / "off", solutions, pool, _disabled(original={"check_gold": False}))
+    assert reason(on["solutions", "p-200", 0]) == "gold_mismatch"
+    assert on["solutions", "p-200", 0]["detail"] == "gold_mismatch: gold '4', teacher '9'"
+    assert off["solutions", "p-200", 0] == "kept"
+    assert on["solutions", "p-100", 0] == off["solutions", "p-100", 0] == "kept"
+
+
+def test_original_decontaminate_policy(tmp_path):
+    """``original.decontaminate``: originals that are benchmark problems (a teacher-solved one and one
+    with its own pool solution) are kept under ``report`` and removed under ``remove``, naming the
+    benchmark; a generated copy of a benchmark problem is removed under both."""
+    aime = _bench_problems("aime24.jsonl")
+    math500 = _bench_problems("math500.jsonl")
+    solutions = [
+        original("p-aime", aime[1], boxed("33")),
+        original("p-100", P100, boxed("2")),
+        sol("g-aime", aime[2], boxed("25")),
+    ]
+    pool = [
+        pool_row("p-aime", aime[1], None, "33"),
+        pool_row("p-100", P100, None, "2"),
+        pool_row("p-math", math500[3], "Worked solution: the answer is 10.", "10"),
+        pool_row("p-pairs", PAIRS, "List them: (1,12),(2,6),(3,4) and reversed gives 6.", "6"),
+    ]
+    report = run(tmp_path / "report", solutions, pool, _disabled(original={"decontaminate": "report"}))
+    remove = run(tmp_path / "remove", solutions, pool, _disabled(original={"decontaminate": "remove"}))
+    for key, bench in ((("solutions", "p-aime", 0), "aime24"), (("pool", "p-math", None), "math_500")):
+        assert report[key] == "kept", key
+        assert filter_of(remove[key]) == "decontamination" and bench in remove[key]["detail"], key
+    for out in (report, remove):
+        assert filter_of(out["solutions", "g-aime", 0]) == "decontamination"
+        assert out["solutions", "p-100", 0] == out["pool", "p-pairs", None] == "kept"
+
+
+def test_pool_solution_superseded_by_distilled(tmp_path):
+    """A pool row's own solution is removed as ``superseded_by_distilled`` when the teacher solved the
+    same problem (its solution is kept instead), and kept when the teacher did not."""
+    pool = [
+        pool_row("p-pairs", PAIRS, "List them: (1,12),(2,6),(3,4) and reversed gives 6.", "6"),
+        pool_row("p-100", P100, None, "2"),
+    ]
+    teacher = original("p-pairs", PAIRS, boxed("6"))
+    with_teacher = run(tmp_path / "with", [teacher, original("p-100", P100, boxed("2"))], pool, _disabled())
+    without = run(tmp_path / "without", [original("p-100", P100, boxed("2"))], pool, _disabled())
+    superseded = with_teacher["pool", "p-pairs", None]
+    assert reason(superseded) == "superseded_by_distilled"
+    assert superseded["filter"] == "superseded" and superseded["status"] == "rejected"
+    assert with_teacher["solutions", "p-pairs", 0] == "kept"
+    assert without["pool", "p-pairs", None] == "kept"
