@@ -7,12 +7,15 @@ changes the outcome: a row kept under one setting is removed under the other, wi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from test_filter import GOOD, _bench_problems, _benchmarks, _disabled, _write_parquet, sol
 
 from scalediff import filter as flt
+from scalediff.filter_rules import REQUIRED_SOLUTION_FIELDS, validate_row
 
 # Both have a gold answer in the pool; the teacher solves them (no pool solution).
 P100 = "What is the remainder when 100 is divided by 7? Give the remainder only."
@@ -64,6 +67,11 @@ def reason(outcome: dict | str) -> str:
 
 def filter_of(outcome: dict | str) -> str:
     return outcome if outcome == "kept" else outcome["filter"]
+
+
+def fate(outcome: dict | str) -> tuple[str, ...]:
+    """("kept",) or (status, reason, field)."""
+    return ("kept",) if outcome == "kept" else (outcome["status"], outcome["reason"], outcome["field"])
 
 
 # ----------------------------------------------------------------------------- originals' policies
@@ -143,3 +151,104 @@ def test_pool_solution_superseded_by_distilled(tmp_path):
     assert superseded["filter"] == "superseded" and superseded["status"] == "rejected"
     assert with_teacher["solutions", "p-pairs", 0] == "kept"
     assert without["pool", "p-pairs", None] == "kept"
+
+
+# ----------------------------------------------------------------------------- quarantine, negatives, surrogates
+# A lone surrogate as a non-strict UTF-8 writer stores it (``"\ud800".encode("utf-8", "surrogatepass")``):
+# Parquet holds the bytes, a strict reader cannot decode them.
+SURROGATE = "\ud800".encode("utf-8", "surrogatepass")
+
+
+def _string_table(rows: list[dict], raw: dict[tuple[int, str], bytes]) -> pa.Table:
+    """Rows as an all-string table, with ``raw[(row, column)]`` bytes written unvalidated into a cell."""
+    columns = {}
+    for name in rows[0]:
+        cells = [None if r[name] is None else str(r[name]).encode() for r in rows]
+        for (i, col), value in raw.items():
+            if col == name:
+                cells[i] = value
+        columns[name] = pa.array(cells, pa.binary()).view(pa.string())
+    return pa.table(columns)
+
+
+def test_malformed_pool_rows_are_quarantined(tmp_path):
+    """Pool rows with a solution are inputs: a NUL or a lone surrogate in any text, an origin other than
+    ``original``, a missing or blank id each quarantine the row with its field; none vanishes."""
+    good = pool_row("p-pairs", PAIRS, "List them: (1,12),(2,6),(3,4) and reversed gives 6.", "6")
+    cases = {  # id -> (row, (reason, field))
+        "p-nul": ({**good, "solution": "List them:\x00 (1,12), (2,6), (3,4)."}, ("invalid_text", "solution")),
+        "p-alien": ({**good, "origin": "alien"}, ("bad_value", "origin")),
+        "p-gen": ({**good, "origin": "generated"}, ("bad_value", "origin")),  # the pool holds originals only
+        "p-sur-sol": (good, ("invalid_text", "solution")),
+        "p-sur-pro": (good, ("invalid_text", "problem")),
+        "p-sur-ans": (good, ("invalid_text", "answer")),
+    }
+    rows = [good, pool_row("p-100", P100, None, "2")] + [{**row, "id": pid} for pid, (row, _) in cases.items()]
+    rows += [{**good, "id": None}, {**good, "id": "  "}]
+    row_of = {r["id"]: i for i, r in enumerate(rows)}
+    text = b"text with a lone surrogate " + SURROGATE + b" in it"
+    surrogates = {(row_of[f"p-sur-{c[:3]}"], c): text for c in ("solution", "problem", "answer")}
+    pool = tmp_path / "pool.parquet"
+    pq.write_table(_string_table(rows, surrogates), pool)
+    out = run(tmp_path, [original("p-100", P100, boxed("2"))], pool, _disabled())
+    assert out["pool", "p-pairs", None] == "kept"
+    for pid, (_, (code, field)) in cases.items():
+        assert fate(out["pool", pid, None]) == ("quarantined", code, field), pid
+        assert out["pool", pid, None]["raw"], pid
+    blank = [r for (f, pid, _), r in out.items() if f == "pool" and (pid is None or not pid.strip())]
+    assert sorted((r["reason"], r["field"], r["row"]) for r in blank) == [
+        ("missing_field", "id", len(rows) - 2),
+        ("missing_field", "id", len(rows) - 1),
+    ]
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    # every pool row with a solution (all but p-100) is an input and accounted for
+    assert stats["inputs"] == {"solutions": 1, "pool_with_solution": len(rows) - 1, "pool_without_solution": 1}
+    assert sum(c["in"] for c in stats["rows"].values()) == len(rows)
+
+
+def test_negative_integers_and_surrogates_in_teacher_rows(tmp_path):
+    """Negative answers compare by value and sign (gold -3: teacher -3 kept, teacher 3 ``gold_mismatch``;
+    boxes 3 and -3 disagree, -3 and -6/2 agree); a negative sample index or token count and a lone
+    surrogate in a completion quarantine the row."""
+    rows = [
+        original("p-neg", P100.replace("100", "-100"), boxed("-3")),
+        original("p-pos", P200.replace("200", "-200"), boxed("3")),
+        sol("g-neg", "What is the product of negative one and three, as an integer?", boxed("-3")),
+        sol("g-dis", "What is the sum of negative five and two, as an integer?", boxed("3") + " or $\\boxed{-3}$"),
+        sol(
+            "g-agree",
+            "What is the sum of negative four and one, as an integer?",
+            boxed("-3") + " = $\\boxed{-\\frac{6}{2}}$",
+        ),
+        sol("g-sample", "What is the difference of one and four, as an integer?", boxed("-3"), sample=-1),
+        sol("g-tokens", "What is the difference of two and five, as an integer?", boxed("-3"), completion_tokens=-5),
+        sol("g-sur", "What is the difference of three and six, as an integer?", boxed("-3")),
+    ]
+    table = _string_table(rows, {(len(rows) - 1, "completion"): GOOD.encode() + SURROGATE})
+    table = table.set_column(1, "sample", pa.array([r["sample"] for r in rows], pa.int64()))
+    for name in ("completion_tokens", "prompt_tokens"):
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array([r[name] for r in rows]))
+    solutions = tmp_path / "solutions.parquet"
+    pq.write_table(table, solutions)
+    pool = [pool_row("p-neg", rows[0]["problem"], None, "-3"), pool_row("p-pos", rows[1]["problem"], None, "-3")]
+    out = run(tmp_path, solutions, pool, _disabled())
+    assert out["solutions", "p-neg", 0] == out["solutions", "g-neg", 0] == out["solutions", "g-agree", 0] == "kept"
+    assert reason(out["solutions", "p-pos", 0]) == "gold_mismatch"
+    assert out["solutions", "p-pos", 0]["detail"] == "gold_mismatch: gold '-3', teacher '3'"
+    assert reason(out["solutions", "g-dis", 0]) == "boxed_disagree"
+    assert fate(out.get(("solutions", "g-sample", -1))) == ("quarantined", "bad_value", "sample")
+    assert fate(out["solutions", "g-tokens", 0]) == ("quarantined", "bad_value", "completion_tokens")
+    assert fate(out["solutions", "g-sur", 0]) == ("quarantined", "invalid_text", "completion")
+    answers = {r["id"]: r["answer"] for r in pq.read_table(tmp_path / "cand.parquet").to_pylist()}
+    assert answers == {"p-neg": "-3", "g-neg": "-3", "g-agree": "-\\frac{6}{2}"}
+
+
+def test_validate_row_lone_surrogate_and_nul_in_memory():
+    """Rows that reach validation as Python strings (not through the Parquet reader, which already
+    refuses undecodable bytes): a lone surrogate or a NUL in any text field is ``invalid_text``."""
+    row = sol("g-1")
+    for field in ("problem", "completion"):
+        for bad in ("\ud800", "\udfff", "\x00"):
+            got = validate_row({**row, field: f"text {bad} more"}, REQUIRED_SOLUTION_FIELDS, 1000)
+            assert got == [("invalid_text", field)], (field, bad)
+    assert validate_row({**row, "problem": "a proper pair \U0001f600 is fine"}, REQUIRED_SOLUTION_FIELDS, 1000) == []

@@ -56,6 +56,7 @@ from scalediff.filter_report import build_funnel, plot_funnel, write_card, write
 from scalediff.filter_rules import (
     DECONTAM_REASONS,
     FILTER_OF_REASON,
+    POOL_ORIGINS,
     REQUIRED_POOL_FIELDS,
     REQUIRED_SOLUTION_FIELDS,
     gold_mismatch,
@@ -533,12 +534,13 @@ def run_rules(
         for batch in iter_row_batches(pool):
             for row in batch:
                 solution = row.get("solution")
-                if solution is None or (isinstance(solution, str) and not solution.strip()):
+                undecodable = "solution" in row.get("_invalid", ())  # read as None, but a solution is there
+                if (solution is None and not undecodable) or (isinstance(solution, str) and not solution.strip()):
                     pool_without_solution += 1  # the distill stage solves these; they are not inputs here
                     continue
                 n_pool += 1
                 v = _Verdict("pool", row)
-                problems = validate_row(row, REQUIRED_POOL_FIELDS, max_chars)
+                problems = validate_row(row, REQUIRED_POOL_FIELDS, max_chars, POOL_ORIGINS)
                 if problems:
                     v.quarantine(problems, row)
                 else:

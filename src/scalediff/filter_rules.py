@@ -143,6 +143,7 @@ REQUIRED_SOLUTION_FIELDS = {
 REQUIRED_POOL_FIELDS = {"id": str, "problem": str, "solution": str, "origin": str, "source": str}
 OPTIONAL_FIELDS = {"answer": str, "prompt_tokens": int}
 ORIGINS = ("original", "generated")
+POOL_ORIGINS = ("original",)  # a pool row claiming ``generated`` would skip every generated-data filter
 
 
 _INVALID_TEXT = re.compile("[\x00\ud800-\udfff]")  # NUL bytes and lone surrogates
@@ -170,10 +171,13 @@ def _check_value(name: str, value: Any, kind: type, max_chars: int) -> str | Non
     return None
 
 
-def validate_row(row: Mapping[str, Any], required: Mapping[str, type], max_chars: int) -> list[tuple[str, str]]:
+def validate_row(
+    row: Mapping[str, Any], required: Mapping[str, type], max_chars: int, origins: tuple[str, ...] = ORIGINS
+) -> list[tuple[str, str]]:
     """``[(reason, field), ...]`` for a malformed row; empty when the row is usable.
 
-    ``row`` may carry ``_invalid`` (fields whose bytes were not UTF-8, set by the reader).
+    ``row`` may carry ``_invalid`` (fields whose bytes were not UTF-8, e.g. a lone surrogate, set by the
+    reader). An ``origin`` outside ``origins`` is ``bad_value``.
     """
     problems: list[tuple[str, str]] = [("invalid_text", f) for f in row.get("_invalid", ())]
     bad = {f for _, f in problems}
@@ -187,7 +191,7 @@ def validate_row(row: Mapping[str, Any], required: Mapping[str, type], max_chars
         if reason:
             problems.append((reason, name))
     if not problems:
-        if row["origin"] not in ORIGINS:
+        if row["origin"] not in origins:
             problems.append(("bad_value", "origin"))
         elif not row["id"].strip():
             problems.append(("missing_field", "id"))
