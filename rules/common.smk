@@ -1,6 +1,7 @@
 # Config validation, path helpers and input functions shared by every rule file.
 import json
 import os
+import re
 import sys
 
 from snakemake.utils import validate
@@ -15,8 +16,17 @@ shell.prefix(f'export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
 PY = sys.executable  # kept for rule files that still spell it out
 CONDA_ENV = "../envs/scalediff.yaml"
 TINY_ROLES = sorted(config.get("tiny", {}).get("roles", {}))
+# Twins: tiny models with a real model's published settings; wildcard is the Hub id as org__name.
+TWINS = {m.replace("/", "__"): m for m in config.get("twins", {}).get("models", {})}
 BENCHMARKS = sorted(config["benchmarks"])
 EVAL_MODELS = sorted(config["eval"]["models"])
+# Names `engine.models` may configure: the generating roles (the trained generator included) and
+# every evaluated model. A misspelt name would otherwise be silently ignored.
+_ENGINE_MODELS = {"selector", "generator", "teacher", "student_base", *EVAL_MODELS}
+if _unknown := sorted(set(config["engine"].get("models", {})) - _ENGINE_MODELS):
+    raise ValueError(
+        f"config engine.models: unknown model(s) {_unknown}; expected some of {sorted(_ENGINE_MODELS)}"
+    )
 
 
 # SFT variants some eval model asks for: `scalediff` (original + generated), `original` (baseline).
@@ -32,6 +42,7 @@ SFT_VARIANTS = sorted(
 wildcard_constraints:
     variant="scalediff|original",
     role="|".join(TINY_ROLES) or "NONE",
+    twin="|".join(re.escape(k) for k in TWINS) or "NONE",
     benchmark="|".join(BENCHMARKS),
     model="|".join(EVAL_MODELS),
 
@@ -48,6 +59,14 @@ def settings(**sections):
     return json.dumps(sections, sort_keys=True)
 
 
+def engine_settings(model):
+    """vLLM settings for one model (a `models` role or an `eval.models` name): `engine` with the
+    model's own entry under `engine.models` on top (context length, KV cache, rope overrides).
+    """
+    base = {k: v for k, v in config["engine"].items() if k != "models"}
+    return base | config["engine"].get("models", {}).get(model, {})
+
+
 def model_path(ref):
     """Where a model reference (config `models`/`eval.models` entry) lives on disk or the Hub."""
     if "tiny" in ref:
@@ -56,6 +75,13 @@ def model_path(ref):
                 f"config: tiny model {ref['tiny']!r} has no entry under tiny.roles"
             )
         return f"{R}/models/tiny/{ref['tiny']}"
+    if "twin" in ref:
+        key = ref["twin"].replace("/", "__")
+        if key not in TWINS:
+            raise ValueError(
+                f"config: twin {ref['twin']!r} has no entry under twins.models"
+            )
+        return f"{R}/models/twins/{key}"
     if "trained" in ref:
         return {
             "student": f"{R}/sft/scalediff/model",
@@ -67,7 +93,8 @@ def model_path(ref):
 
 def model_input(ref):
     """File dependency for a model: built or trained here -> its directory; Hub id -> none."""
-    return [model_path(ref)] if ("tiny" in ref or "trained" in ref) else []
+    built = "tiny" in ref or "twin" in ref or "trained" in ref
+    return [model_path(ref)] if built else []
 
 
 def role_model(role):

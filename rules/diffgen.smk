@@ -38,7 +38,9 @@ rule diffgen_sample:
         CONDA_ENV
     params:
         settings=lambda w: settings(
-            seed=config["seed"], engine=config["engine"], diffgen=config["diffgen"]
+            seed=config["seed"],
+            engine=engine_settings("generator"),
+            diffgen=config["diffgen"],
         ),
     shell:
         "python -m scalediff.diffgen sample --model {input.model} --shard {wildcards.scatteritem}"
@@ -77,7 +79,9 @@ rule select_generated:
     params:
         model=model_arg("selector"),
         settings=lambda w: settings(
-            seed=config["seed"], engine=config["engine"], select=config["select"]
+            seed=config["seed"],
+            engine=engine_settings("selector"),
+            select=config["select"],
         ),
     shell:
         "python -m scalediff.select shard --problems {input.problems} --model {params.model}"

@@ -16,7 +16,9 @@ rule distill_shard:
     params:
         model=model_arg("teacher"),
         settings=lambda w: settings(
-            seed=config["seed"], engine=config["engine"], distill=config["distill"]
+            seed=config["seed"],
+            engine=engine_settings("teacher"),
+            distill=config["distill"],
         ),
     shell:
         "python -m scalediff.distill shard --generated {input.generated} --pool {input.pool}"

@@ -20,7 +20,9 @@ rule eval_benchmark:
             if config["benchmarks"][w.benchmark].get("limit")
             else ""
         ),
-        settings=lambda w: settings(engine=config["engine"], eval=config["eval"]),
+        settings=lambda w: settings(
+            engine=engine_settings(w.model), eval=config["eval"]
+        ),
     shell:
         "python -m scalediff.evaluate --model {params.model} --model-name {wildcards.model}"
         " --benchmark {wildcards.benchmark} --data {input.data} --seeds {params.seeds} {params.limit}"

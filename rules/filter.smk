@@ -46,7 +46,9 @@ rule filter_model_shard:
     params:
         model=role_model("student_base"),
         settings=lambda w: settings(
-            seed=config["seed"], engine=config["engine"], filter=config["filter"]
+            seed=config["seed"],
+            engine=engine_settings("student_base"),
+            filter=config["filter"],
         ),
     shell:
         "python -m scalediff.filter model-shard --candidates {input.candidates} --model {params.model}"

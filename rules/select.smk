@@ -15,7 +15,9 @@ rule select_shard:
     params:
         model=model_arg("selector"),
         settings=lambda w: settings(
-            seed=config["seed"], engine=config["engine"], select=config["select"]
+            seed=config["seed"],
+            engine=engine_settings("selector"),
+            select=config["select"],
         ),
     shell:
         "python -m scalediff.select shard --problems {input.problems} --model {params.model}"

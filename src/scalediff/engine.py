@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scalediff.records import ShardCheckpoint
+from scalediff.records import Fingerprint, ShardCheckpoint, digest, source_identity
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,24 @@ def _configure_vllm_env(settings: dict[str, Any]) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# vLLM engine arguments passed through from the config only when set (vLLM's own default otherwise).
+# hf_overrides edits the model's config.json at load time, e.g. the student base's rope extension
+# ({rope_theta: 300000, max_position_embeddings: 32768}) without a second checkpoint.
+OPTIONAL_ENGINE_ARGS = (
+    "enable_chunked_prefill",
+    "max_num_batched_tokens",
+    "max_num_seqs",
+    "kv_cache_dtype",
+    "hf_overrides",
+)
+
+
 class Engine:
     """A loaded model plus its tokenizer. One instance per job; generation is batched."""
+
+    # Settings that only size resources: they change no output, so a shard requeued with other ones
+    # still resumes. Every other setting (dtype, parallelism, lengths, kernels) is in ``identity``.
+    RESOURCE_SETTINGS = frozenset({"batch_size", "cpu_kv_cache_gb", "gpu_memory_utilization"})
 
     def __init__(self, model: str, settings: dict[str, Any], seed: int = 0):
         _configure_vllm_env(settings)
@@ -71,11 +87,20 @@ class Engine:
             trust_remote_code=settings.get("trust_remote_code", False),
             enforce_eager=settings.get("enforce_eager", False),
             seed=seed,
-            **{k: settings[k] for k in ("enable_chunked_prefill", "max_num_batched_tokens") if k in settings},
+            **{k: settings[k] for k in OPTIONAL_ENGINE_ARGS if settings.get(k) is not None},
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = settings["max_model_len"]
         log.info("loaded %s in %.1fs", model, time.time() - t0)
+
+    def identity(self) -> dict[str, Any]:
+        """What decides this engine's outputs besides the prompts and sampling: the model's files, the
+        settings that are not only resources, the seed."""
+        return {
+            "model": source_identity(self.model),
+            "settings": {k: v for k, v in self.settings.items() if k not in self.RESOURCE_SETTINGS},
+            "seed": self.seed,
+        }
 
     # ------------------------------------------------------------------ prompts
     def chat_prompt(self, messages: list[dict[str, str]], **template_kwargs: Any) -> list[int]:
@@ -166,16 +191,28 @@ def run_shard(
     output: str,
     base_seed: int,
     batch_size: int,
+    identity: Any = None,
 ) -> list[dict[str, Any]]:
     """Generate for every job, appending finished batches to a checkpoint beside ``output``.
 
-    A killed run restarts where it stopped: jobs whose key is in the checkpoint are skipped, and
-    per-row seeds make the result identical to an uninterrupted run. Rows come back in job order
-    (each with its job ``key``); the caller writes ``output`` and then calls
-    ``ShardCheckpoint(output).discard()``.
+    A killed run restarts where it stopped: jobs already in the checkpoint are skipped, and per-row
+    seeds make the result identical to an uninterrupted run. Only what was made the same way is
+    reused: the checkpoint is stamped with the engine's ``identity`` (model files, settings),
+    ``sampling``, ``base_seed``, ``to_rows`` and ``identity`` (anything else the rows depend on, e.g.
+    a threshold ``to_rows`` applies), and is discarded when any differs; a job is done only if its
+    prompt and payload are unchanged too. Rows come back in job order (each with its job ``key``),
+    only for ``jobs``; the caller writes ``output`` and then calls ``ShardCheckpoint(output).discard()``.
     """
-    ckpt = ShardCheckpoint(output, key="key")
-    done = ckpt.done_keys()
+    made_by = Fingerprint(
+        engine=engine.identity(),
+        sampling=sampling,
+        base_seed=base_seed,
+        rows=[getattr(to_rows, "__module__", None), getattr(to_rows, "__qualname__", None), identity],
+    )
+    ckpt = ShardCheckpoint(output, key="key", fingerprint=made_by)
+    digests = {j.key: digest([j.prompt, j.payload]) for j in jobs}
+    ckpt.load()
+    done = ckpt.done_keys(digests)
     todo = [j for j in jobs if j.key not in done]
     if done:
         log.info("resuming %s: %d of %d jobs already done", output, len(jobs) - len(todo), len(jobs))
@@ -188,7 +225,7 @@ def run_shard(
         rows = []
         for job, comps in zip(batch, results, strict=True):
             for row in to_rows(job, comps):
-                rows.append({"key": job.key, **row})
+                rows.append({"key": job.key, ShardCheckpoint.JOB: digests[job.key], **row})
             n_tokens += sum(c.completion_tokens for c in comps)
         ckpt.append(rows)
         n_rows += len(batch)
@@ -201,4 +238,4 @@ def run_shard(
             n_rows / dt,
             n_tokens / dt,
         )
-    return ckpt.rows_in_order([j.key for j in jobs])
+    return ckpt.rows_in_order(digests)

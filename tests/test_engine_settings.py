@@ -1,0 +1,57 @@
+"""Engine settings per model: each vLLM job gets its own model's context length and KV settings."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+from test_config import _dry_run, _workdir
+
+
+def _engine_by_rule(stdout: str) -> dict[str, set[int]]:
+    """{rule: {max_model_len of its jobs}} from a dry run's printed shell commands."""
+    found: dict[str, set[int]] = {}
+    rule = None
+    for line in stdout.splitlines():
+        if m := re.match(r"rule (\w+):", line.strip()):
+            rule = m.group(1)
+        if rule and "--settings" in line:
+            args = shlex.split(line)
+            blob = json.loads(args[args.index("--settings") + 1])
+            if "engine" in blob:
+                found.setdefault(rule, set()).add(blob["engine"]["max_model_len"])
+    return found
+
+
+def test_paper_config_gives_each_model_its_own_context(tmp_path):
+    res = _dry_run(_workdir(tmp_path, "paper.yaml"), "--configfile", "config/paper.yaml", "-p")
+    assert res.returncode == 0, res.stderr[-3000:]
+    lens = _engine_by_rule(res.stdout)
+    # Qwen3-8B teacher: 40,960 positions, so 32,768 new tokens fit after the prompt.
+    assert lens["distill_shard"] == {40960}
+    # Qwen2.5-Math-7B-Instruct as released: 4,096 positions (vLLM refuses more).
+    assert lens["filter_model_shard"] == {4096}
+    # evaluation: the base at its 4,096, the SFT students (rope-extended by training) at 32,768
+    assert lens["eval_benchmark"] == {4096, 32768}
+    assert lens["select_shard"] == {32768}
+
+
+def test_unknown_model_under_engine_models_fails_naming_it(tmp_path):
+    def edit(cfg: dict) -> None:
+        cfg["engine"]["models"] = {"teachr": {"max_model_len": 8192}}
+
+    res = _dry_run(_workdir(tmp_path, "config.yaml", edit))
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert "engine.models" in out and "teachr" in out, out[-2000:]
+
+
+def test_engine_model_override_is_schema_checked(tmp_path):
+    def edit(cfg: dict) -> None:
+        cfg["engine"]["models"] = {"teacher": {"max_model_length": 8192}}
+
+    res = _dry_run(_workdir(tmp_path, "config.yaml", edit))
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert "max_model_length" in out, out[-2000:]
