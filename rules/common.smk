@@ -49,6 +49,7 @@ wildcard_constraints:
 
 scattergather:
     select=config["select"]["shards"],
+    select_generated=config["select"]["generated_shards"],
     diffgen=config["diffgen"]["sample"]["shards"],
     distill=config["distill"]["shards"],
     filter=config["filter"]["model_based"]["shards"],

@@ -64,16 +64,17 @@ rule diffgen_gather:
         " --output {output.problems} --rejects {output.rejects} --summary {output.summary} > {log} 2>&1"
 
 
-rule select_generated:
-    # The selector scores the generated problems too: the paper's ~88% difficult vs ~34% claim.
+rule select_generated_shard:
+    # The selector scores the generated problems too (the paper: ~88% difficult vs ~34% of the
+    # pool): ~2M problems at paper scale, so it is a sharded GPU stage like select.
     input:
         problems=f"{R}/diffgen/generated.parquet",
         model=role_input("selector"),
     output:
-        scores=f"{R}/select/generated/difficulty.parquet",
-        rejects=f"{R}/select/generated/rejects.parquet",
+        scores=f"{R}/select/generated/shards/{{scatteritem}}.parquet",
+        rejects=f"{R}/select/generated/shards/{{scatteritem}}.rejects.parquet",
     log:
-        f"{LOGS}/select/generated.log",
+        f"{LOGS}/select/generated_shard_{{scatteritem}}.log",
     conda:
         CONDA_ENV
     params:
@@ -85,5 +86,34 @@ rule select_generated:
         ),
     shell:
         "python -m scalediff.select shard --problems {input.problems} --model {params.model}"
-        " --shard 1-of-1 --output {output.scores} --rejects {output.rejects}"
+        " --shard {wildcards.scatteritem} --output {output.scores} --rejects {output.rejects}"
         " --settings {params.settings:q} > {log} 2>&1"
+
+
+rule select_generated_gather:
+    input:
+        scores=gather.select_generated(
+            f"{R}/select/generated/shards/{{scatteritem}}.parquet"
+        ),
+        rejects=gather.select_generated(
+            f"{R}/select/generated/shards/{{scatteritem}}.rejects.parquet"
+        ),
+    output:
+        scores=f"{R}/select/generated/difficulty.parquet",
+        rejects=f"{R}/select/generated/rejects.parquet",
+        summary=f"{R}/select/generated/summary.json",
+        plot=report(
+            f"{R}/select/generated/p_nothink.png",
+            caption="report/select_generated_p_nothink.rst",
+            category="1. select",
+        ),
+    log:
+        f"{LOGS}/select/generated_gather.log",
+    conda:
+        CONDA_ENV
+    params:
+        settings=lambda w: settings(select=config["select"]),
+    shell:
+        "python -m scalediff.select gather --shards {input.scores} --shard-rejects {input.rejects}"
+        " --output {output.scores} --rejects {output.rejects} --summary {output.summary}"
+        " --plot {output.plot} --settings {params.settings:q} > {log} 2>&1"
