@@ -185,10 +185,10 @@ def test_compact_index_decides_as_datasketch_index(threshold):
 
 
 def test_band_key_collisions_change_no_decision(monkeypatch):
-    """With a 10-bit stand-in for the 64-bit band/id hashes, most candidates and id matches are hash
+    """With an 8-bit stand-in for the 64-bit band/id hashes, most candidates and id matches are hash
     collisions; the stored signatures and strings must still give the same decisions."""
     real = dedup._hash64
-    monkeypatch.setattr(dedup, "_hash64", lambda data: real(data) & 0x3FF)
+    monkeypatch.setattr(dedup, "_hash64", lambda data: real(data) & 0xFF)
     originals, generated = _workload(seed=7, n_orig=400, n_gen=1200)
     _compare(CFG, originals, generated)
 
