@@ -188,7 +188,7 @@ def test_validate_row_codes():
 
 # ----------------------------------------------------------------------------- decontamination, dedup
 def _bench_index() -> BenchmarkIndex:
-    index = BenchmarkIndex(ngram=13, report_ngrams=[8], min_words=5)
+    index = BenchmarkIndex()  # the configured defaults (filter_rules.DEFAULTS)
     for name, file in (("aime24", "aime24.jsonl"), ("math_500", "math500.jsonl")):
         index.add_jsonl(name, BENCH / file)
     return index
@@ -212,7 +212,7 @@ def test_decontamination_catches_planted_benchmark_problems():
             "Consider the following. " + long_math.replace(" the ", " a ", 1) + " Justify briefly.",
             "math_500",
         ),
-        # only a 13-word window survives inside otherwise new text
+        # only a 14-word run survives, but it is most of this short problem's distinctive n-grams
         "embedded": (
             "A new story about apples. " + " ".join(aime[10].split()[5:19]) + " And then more new words.",
             "aime24",
@@ -222,18 +222,18 @@ def test_decontamination_catches_planted_benchmark_problems():
         hit = index.check(text)
         verdict = BenchmarkIndex.verdict(hit)
         assert verdict is not None and bench in verdict[1], label
-        assert bench in hit["report"][8], label  # the 8-gram count sees it too
+        assert any(m["benchmark"] == bench and m["span"] for m in hit["matches"]), label  # with the matched text
     assert BenchmarkIndex.verdict(index.check(aime[0]))[0] == "contaminated_exact"
     clean = "A farmer has 17 goats and buys 4 times as many sheep; the barn holds 100 animals. How many spaces remain?"
     assert BenchmarkIndex.verdict(index.check(clean)) is None
 
 
 def test_short_benchmark_problems_match_as_whole_runs():
-    index = BenchmarkIndex(ngram=13, report_ngrams=[8], min_words=5)
+    index = BenchmarkIndex(ngram=13, min_words=5)
     index.add("b", "Compute $\\dbinom{8}{4}$ please now.")  # 6 words < 13
     index.add("b", "Find $x$.")  # 2 words: exact match only
     assert BenchmarkIndex.verdict(index.check("First, compute \\dbinom{8}{4} please now, then stop."))
-    assert BenchmarkIndex.verdict(index.check("find x")) == ("contaminated_exact", "b")
+    assert BenchmarkIndex.verdict(index.check("find x"))[0] == "contaminated_exact"
     assert BenchmarkIndex.verdict(index.check("Find x and y such that x+y=2 and x-y=0.")) is None
 
 
@@ -429,14 +429,17 @@ def test_rules_and_gather_end_to_end(tmp_path):
     assert rejects["g-trunc"]["reason"] == "truncated" and "no_boxed" in rejects["g-trunc"]["reasons"]
     assert rejects["g-nobox"]["reason"] == "no_boxed"
     assert rejects["g-multi"]["reason"] == "problem_multi_question"
-    assert rejects["g-contam"]["reason"] == "contaminated_exact" and rejects["g-contam"]["detail"].endswith("aime24")
+    assert rejects["g-contam"]["reason"] == "contaminated_exact"
+    assert "aime24 aime2024-I-1 (exact)" in rejects["g-contam"]["detail"]  # the matched benchmark problem
     assert rejects["p-orig2"]["reason"] == "gold_mismatch"
     g = funnel["by_origin"]["generated"]
     assert (g["in"], g["kept"], g["rejected"], g["quarantined"]) == (8, 3, 5, 0)
     assert g["removed_fraction"] == pytest.approx(5 / 8, abs=1e-4)
     assert funnel["paper"]["removed_fraction_generated"] == 0.43
     assert funnel["decontamination"]["benchmarks"]["aime24"]["generated"]["exact"] == 1
-    assert funnel["decontamination"]["benchmarks"]["math_500"]["generated"]["13gram"] == 0
+    assert funnel["decontamination"]["benchmarks"]["math_500"]["generated"]["overlap"] == 0
+    (flagged,) = [f for f in funnel["decontamination"]["flagged"] if f["origin"] == "generated"]
+    assert flagged["id"] == "g-contam" and flagged["matches"][0]["problem"] == "aime2024-I-1"
     assert funnel["model_based"] == {
         "enabled": False,
         "k": 1,
@@ -448,6 +451,7 @@ def test_rules_and_gather_end_to_end(tmp_path):
     }
     card = Path(out["card"]).read_text()
     assert "paper: ~43%" in card and "| aime24 | 30 | 1 |" in card
+    assert "| g-contam | generated | aime24 | aime2024-I-1 | exact | every morning aya" in card
     assert Path(out["plot"]).stat().st_size > 1000
     assert Path(out["funnel_csv"]).read_text().startswith("origin,filter,reason,in,removed,out\n")
     import datasets

@@ -316,6 +316,10 @@ class _Sink:
         return self._stack.__exit__(*exc)
 
 
+CONTAM_KEYS = ("exact", "overlap", "partial")  # per benchmark: problems matched exactly / by share / below it
+LISTED_FLAGGED = 1000
+
+
 class _Tally:
     """Counts of one streaming pass: rows per origin and outcome, independent hits, contamination."""
 
@@ -323,13 +327,13 @@ class _Tally:
         self.rows: dict[str, dict[str, Any]] = {}
         self.hits: dict[str, Counter] = defaultdict(Counter)
         self.bench = bench
-        n = bench.ngram
-        self.contam_keys = ["exact", f"{n}gram", *(f"{m}gram" for m in bench.report_ngrams)]
         self.contam: dict[str, dict[str, Counter]] = {
             name: {o: Counter() for o in ("generated", "original")} for name in bench.sizes
         }
-        # Problems with any benchmark hit (rare), so each is counted once however many samples it has.
-        self.flagged: dict[str, dict[str, Any]] = {}
+        # Problems with any benchmark hit (rare) -> the benchmarks that flag them, so each is counted
+        # once however many samples it has; the first few flagged ones with their matches for the funnel.
+        self.flagged: dict[str, frozenset[str]] = {}
+        self.listed: list[dict[str, Any]] = []
 
     def row(self, v: _Verdict) -> None:
         counts = self.rows.setdefault(v.origin, {"in": 0, "kept": 0, "rejected": Counter(), "quarantined": Counter()})
@@ -343,23 +347,20 @@ class _Tally:
                 r for r in v.reasons if FILTER_OF_REASON[r] in ("problem", "solution", "decontamination")
             )
             if v.reason in DECONTAM_REASONS:
-                for name in v.detail[v.reason].split(","):
+                for name in self.flagged[v.id]:
                     self.contam[name][v.origin]["rows_removed"] += 1
 
     def problem_hit(self, pid: str, origin: str, hit: dict[str, Any]) -> None:
-        if pid in self.flagged or not (hit["exact"] or hit["ngram"] or any(hit["report"].values())):
+        if pid in self.flagged or not (hit["exact"] or hit["overlap"] or hit["partial"]):
             return
-        self.flagged[pid] = hit
-        n = self.bench.ngram
-        for name in hit["exact"]:
-            self.contam[name][origin]["exact"] += 1
-        for name in hit["ngram"]:
-            self.contam[name][origin][f"{n}gram"] += 1
-        for m, names in hit["report"].items():
-            for name in names:
-                self.contam[name][origin][f"{m}gram"] += 1
-        for name in hit["exact"] | hit["ngram"]:
+        names = self.flagged[pid] = frozenset(BenchmarkIndex.names(hit))  # most are empty: one shared object
+        for key in CONTAM_KEYS:
+            for name in hit[key]:
+                self.contam[name][origin][key] += 1
+        for name in names:
             self.contam[name][origin]["problems_flagged"] += 1
+        if names and len(self.listed) < LISTED_FLAGGED:
+            self.listed.append({"id": pid, "origin": origin, "matches": hit["matches"]})
 
     def row_counts(self) -> dict[str, dict[str, Any]]:
         out = {}
@@ -369,16 +370,22 @@ class _Tally:
         return out
 
     def decontamination(self, policy: str) -> dict[str, Any]:
-        keys = [*self.contam_keys, "problems_flagged", "rows_removed"]
+        keys = [*CONTAM_KEYS, "problems_flagged", "rows_removed"]
+        b = self.bench
         return {
-            "ngram": self.bench.ngram,
-            "report_ngrams": self.bench.report_ngrams,
+            "ngram": b.ngram,
+            "min_share": b.min_share,
+            "min_contained": b.min_contained,
+            "boilerplate_df": b.boilerplate_df,
+            "boilerplate_ngrams": b.n_boilerplate,
             "original_policy": policy,
             "benchmark_sizes": self.bench.sizes,
             "benchmark_rows_skipped": self.bench.skipped,
             "benchmarks": {
                 name: {o: {k: c.get(k, 0) for k in keys} for o, c in by.items()} for name, by in self.contam.items()
             },
+            "problems_flagged": sum(bool(names) for names in self.flagged.values()),
+            "flagged": self.listed,  # the first LISTED_FLAGGED: matched benchmark problem and overlapping text
         }
 
 

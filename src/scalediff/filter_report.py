@@ -93,7 +93,6 @@ def write_card(funnel: dict[str, Any], cfg: dict[str, Any], mean_tokens: float |
     frac = g["removed_fraction"]
     mb = funnel["model_based"]
     dc = funnel["decontamination"]
-    ngram = f"{dc['ngram']}gram"
     lines = [
         "---",
         "configs:",
@@ -141,26 +140,47 @@ def write_card(funnel: dict[str, Any], cfg: dict[str, Any], mean_tokens: float |
         f"- dedup: exact after normalisation, then MinHash/LSH Jaccard >= {cfg['dedup']['threshold']} over word "
         f"{cfg['dedup']['ngram']}-grams ({cfg['dedup']['num_perm']} permutations), against the pool and within "
         f"generated",
-        f"- decontamination: word {dc['ngram']}-gram overlap or normalised exact match with any benchmark "
-        f"(originals: {dc['original_policy']}); {'/'.join(map(str, dc['report_ngrams'])) or 'no other'}-gram overlap "
-        f"reported only",
+        f"- decontamination (originals: {dc['original_policy']}): normalised exact match with a benchmark problem, "
+        f"or >= {dc['min_share']:.0%} of the problem's distinctive word {dc['ngram']}-grams in one benchmark problem, "
+        f"or >= {dc['min_contained']:.0%} of that benchmark problem's; {dc['boilerplate_ngrams']} {dc['ngram']}-grams "
+        f"found in >= {dc['boilerplate_df']} benchmark problems are boilerplate and never count",
         f"- model-based ({'on' if mb['enabled'] else 'off'}): the student base answers each generated problem "
         f"k={mb['k']} times; drop when `{mb['rule']}` agree with the teacher (math-verify). "
         f"Checked {mb['checked']} rows, dropped {mb['solved_by_student']}.",
         "",
         "## Decontamination hits (problems)",
         "",
-        "| benchmark | size | generated exact | generated n-gram | original exact | original n-gram |",
+        "| benchmark | size | generated exact | generated overlap | original exact | original overlap |",
         "|---|---|---|---|---|---|",
         *(
-            f"| {b} | {dc['benchmark_sizes'].get(b, 0)} | {d['generated']['exact']} | {d['generated'][ngram]} | "
-            f"{d['original']['exact']} | {d['original'][ngram]} |"
+            f"| {b} | {dc['benchmark_sizes'].get(b, 0)} | {d['generated']['exact']} | {d['generated']['overlap']} | "
+            f"{d['original']['exact']} | {d['original']['overlap']} |"
             for b, d in sorted(dc["benchmarks"].items())
         ),
         "",
+        *_flagged_table(dc),
     ]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))
+
+
+def _flagged_table(dc: dict[str, Any], rows: int = 20) -> list[str]:
+    """The first flagged problems: which benchmark problem each matched and the overlapping text (words only,
+    so never a ``|``)."""
+    if not dc["flagged"]:
+        return []
+    lines = [
+        f"Flagged problems ({min(rows, len(dc['flagged']))} of {dc['problems_flagged']} shown; `funnel.json` lists "
+        f"{len(dc['flagged'])}):",
+        "",
+        "| problem | origin | benchmark | benchmark problem | match | overlapping text |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in dc["flagged"][:rows]:
+        for m in f["matches"]:
+            how = "exact" if m["kind"] == "exact" else f"{m['share']:.0%} / {m['contained']:.0%}"
+            lines.append(f"| {f['id']} | {f['origin']} | {m['benchmark']} | {m['problem']} | {how} | {m['span']} |")
+    return [*lines, ""]
 
 
 def plot_funnel(funnel: dict[str, Any], path: str) -> None:

@@ -101,7 +101,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "original": {"solution_rules": True, "check_gold": True, "decontaminate": "report"},
     "dedup": {"enabled": True, "ngram": 3, "num_perm": 128, "threshold": 0.8, "seed": 1},
-    "decontamination": {"ngram": 13, "report_ngrams": [8], "min_words": 5},
+    "decontamination": {"ngram": 8, "min_share": 0.4, "min_contained": 0.6, "boilerplate_df": 2, "min_words": 5},
     "model_based": {
         "enabled": True,
         "shards": 1,
