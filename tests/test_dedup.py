@@ -211,9 +211,8 @@ def _deep_size(obj: object, seen: set[int] | None = None) -> int:
     if id(obj) in seen or isinstance(obj, type):
         return 0
     seen.add(id(obj))
-    if isinstance(obj, np.ndarray):
-        base = obj if obj.base is None else obj.base
-        return sys.getsizeof(obj) + (_deep_size(base, seen) if base is not obj else obj.nbytes)
+    if isinstance(obj, np.ndarray):  # getsizeof counts the buffer of an array that owns it
+        return sys.getsizeof(obj) + (0 if obj.base is None else _deep_size(obj.base, seen))
     size = sys.getsizeof(obj)
     if isinstance(obj, dict):
         size += sum(_deep_size(k, seen) + _deep_size(v, seen) for k, v in obj.items())
