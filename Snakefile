@@ -13,6 +13,8 @@ if not workflow.overwrite_configfiles:
 
 
 include: "rules/common.smk"
+include: "rules/plan.smk"
+include: "rules/ref.smk"
 include: "rules/models.smk"
 include: "rules/ingest.smk"
 include: "rules/select.smk"

@@ -4,6 +4,9 @@ import os
 import re
 import sys
 
+from scalediff.download import HUB_ID
+from scalediff.download import local_name as hub_local_name
+
 from snakemake.utils import validate
 
 validate(config, "../config/schema.yaml")
@@ -17,9 +20,34 @@ PY = sys.executable  # kept for rule files that still spell it out
 CONDA_ENV = "../envs/scalediff.yaml"
 TINY_ROLES = sorted(config.get("tiny", {}).get("roles", {}))
 # Twins: tiny models with a real model's published settings; wildcard is the Hub id as org__name.
-TWINS = {m.replace("/", "__"): m for m in config.get("twins", {}).get("models", {})}
+TWINS = {hub_local_name(m): m for m in config.get("twins", {}).get("models", {})}
 BENCHMARKS = sorted(config["benchmarks"])
 EVAL_MODELS = sorted(config["eval"]["models"])
+
+
+def check_references(config):
+    """Cross-references the schema cannot express, checked before any job is planned.
+    Each error names its key, as the schema's do (a typo here would otherwise pass silently).
+    """
+    refs = {f"models.{k}": ref for k, ref in config["models"].items()}
+    refs.update(
+        {f"eval.models.{k}": ref for k, ref in config["eval"]["models"].items()}
+    )
+    for key, ref in refs.items():
+        if "tiny" in ref and ref["tiny"] not in TINY_ROLES:
+            raise ValueError(
+                f"config {key}: tiny model {ref['tiny']!r} is not one of tiny.roles {TINY_ROLES}"
+            )
+    baseline = config["report"].get("baseline_model")
+    if baseline and baseline not in EVAL_MODELS:
+        raise ValueError(
+            f"config report.baseline_model: {baseline!r} is not one of eval.models {EVAL_MODELS}"
+        )
+
+
+check_references(config)
+
+
 # Names `engine.models` may configure: the generating roles (the trained generator included) and
 # every evaluated model. A misspelt name would otherwise be silently ignored.
 _ENGINE_MODELS = {"selector", "generator", "teacher", "student_base", *EVAL_MODELS}
@@ -68,6 +96,80 @@ def engine_settings(model):
     return base | config["engine"].get("models", {}).get(model, {})
 
 
+# Hub downloads (`hub:`): every Hub model and dataset the config names is fetched once by a local
+# rule (rules/ref.smk) into hub.dir at its pinned revision; jobs then load the local directory.
+HUB = config.get("hub") or {}
+HUB_REVISIONS = HUB.get("revisions", {})
+HUB_DIR = HUB.get("dir", "resources/hub")
+HUB_NAMES = {hub_local_name(repo): repo for repo in HUB_REVISIONS}  # wildcard -> Hub id
+# Pool datasets are fetched with only the files the config reads (e.g. AM-Qwen3-Distilled's math.jsonl).
+HUB_DATA_FILES = {
+    s["hf_dataset"]: [s["hf_data_files"]] if s.get("hf_data_files") else []
+    for s in config["pool"]["sources"]
+    if "hf_dataset" in s
+}
+
+
+def hub_dir(repo_id, kind="models"):
+    """Local directory of a Hub model or dataset (`kind`: models | datasets)."""
+    return os.path.join(HUB_DIR, kind, hub_local_name(repo_id))
+
+
+def from_hub(repo_id):
+    """Whether a model `path:` / pool `hf_dataset:` is fetched by the download rules."""
+    return bool(HUB) and repo_id in HUB_REVISIONS
+
+
+def _check_hub_refs():
+    """With `hub:` set, a Hub id without a pinned revision would be loaded from the Hub inside a
+    GPU job (offline there, so it fails): name it before anything runs."""
+    if not HUB:
+        return
+    refs = [
+        ref["path"]
+        for ref in [*config["models"].values(), *config["eval"]["models"].values()]
+        if "path" in ref
+    ]
+    refs += [s["hf_dataset"] for s in config["pool"]["sources"] if "hf_dataset" in s]
+    missing = [
+        r
+        for r in refs
+        if HUB_ID.match(r) and not os.path.isdir(r) and r not in HUB_REVISIONS
+    ]
+    if missing:
+        raise ValueError(
+            f"config hub.revisions: no pinned revision for {sorted(set(missing))}"
+            " (add one per Hub id, or point `path:` at a local directory)"
+        )
+
+
+_check_hub_refs()
+
+
+def pool_settings():
+    """The pool config an ingest job gets: Hub datasets replaced by their downloaded directory."""
+    sources = [
+        (
+            s | {"hf_dataset": hub_dir(s["hf_dataset"], "datasets")}
+            if from_hub(s.get("hf_dataset", ""))
+            else s
+        )
+        for s in config["pool"]["sources"]
+    ]
+    return config["pool"] | {"sources": sources}
+
+
+def pool_inputs():
+    """Local pool files and downloaded pool datasets (the ingest job's file dependencies)."""
+    files = [s["path"] for s in config["pool"]["sources"] if "path" in s]
+    hub = [
+        hub_dir(s["hf_dataset"], "datasets")
+        for s in config["pool"]["sources"]
+        if from_hub(s.get("hf_dataset", ""))
+    ]
+    return files + hub
+
+
 def model_path(ref):
     """Where a model reference (config `models`/`eval.models` entry) lives on disk or the Hub."""
     if "tiny" in ref:
@@ -77,7 +179,7 @@ def model_path(ref):
             )
         return f"{R}/models/tiny/{ref['tiny']}"
     if "twin" in ref:
-        key = ref["twin"].replace("/", "__")
+        key = hub_local_name(ref["twin"])
         if key not in TWINS:
             raise ValueError(
                 f"config: twin {ref['twin']!r} has no entry under twins.models"
@@ -89,13 +191,16 @@ def model_path(ref):
             "student_original": f"{R}/sft/original/model",
             "generator": f"{R}/diffgen/model",
         }[ref["trained"]]
+    if from_hub(ref["path"]):
+        return hub_dir(ref["path"])
     return ref["path"]
 
 
 def model_input(ref):
-    """File dependency for a model: built or trained here -> its directory; Hub id -> none."""
+    """File dependency for a model: built, trained or downloaded here -> its directory; a local
+    directory or (without `hub:`) a Hub id -> none."""
     built = "tiny" in ref or "twin" in ref or "trained" in ref
-    return [model_path(ref)] if built else []
+    return [model_path(ref)] if built or from_hub(ref.get("path", "")) else []
 
 
 def role_model(role):

@@ -3,17 +3,20 @@
 
 rule ingest:
     input:
-        sources=[s["path"] for s in config["pool"]["sources"] if "path" in s],
+        sources=pool_inputs(),
+        plan=PREFLIGHT,
     output:
         pool=f"{R}/ingest/pool.parquet",
         rejects=f"{R}/ingest/rejects.parquet",
         summary=f"{R}/ingest/summary.json",
     log:
         f"{LOGS}/ingest.log",
+    benchmark:
+        f"{R}/benchmarks/ingest/ingest.tsv"
     conda:
         CONDA_ENV
     params:
-        settings=lambda w: settings(seed=config["seed"], pool=config["pool"]),
+        settings=lambda w: settings(seed=config["seed"], pool=pool_settings()),
     shell:
         "python -m scalediff.ingest --pool {output.pool} --rejects {output.rejects}"
         " --summary {output.summary} --settings {params.settings:q} > {log} 2>&1"
