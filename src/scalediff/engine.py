@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from scalediff.device import require_cuda
 from scalediff.records import Fingerprint, ShardCheckpoint, digest, source_identity
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Engine:
     RESOURCE_SETTINGS = frozenset({"batch_size", "cpu_kv_cache_gb", "gpu_memory_utilization"})
 
     def __init__(self, model: str, settings: dict[str, Any], seed: int = 0):
+        require_cuda(f"vLLM engine for {model}", settings)
         _configure_vllm_env(settings)
         from vllm import LLM
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from scalediff.records import atomic_path
+from scalediff.device import require_cuda
+from scalediff.records import Fingerprint, atomic_path, source_identity
 
 log = logging.getLogger(__name__)
 
@@ -188,32 +189,61 @@ def load_model(path: str, config_overrides: dict[str, Any] | None = None, trust_
     return AutoModelForCausalLM.from_pretrained(path, config=config, trust_remote_code=trust_remote_code)
 
 
+def examples_fingerprint(examples: Sequence[Mapping[str, str]]) -> str:
+    """The identity of a training set: its own ``fingerprint`` when it has one (``sft.DatasetExamples``,
+    known by its input files, tens of GB at paper scale), else a digest of every prompt and response."""
+    own = getattr(examples, "fingerprint", None)
+    if own is not None:
+        return str(own)
+    h = hashlib.sha256()
+    for i in range(len(examples)):
+        e = examples[i]
+        h.update(json.dumps([e["prompt"], e["response"]], ensure_ascii=False).encode("utf-8"))
+    return h.hexdigest()
+
+
 def _cached_lengths(
-    run_dir: Path, tokenizer: Any, examples: Sequence[Mapping[str, str]]
+    run_dir: Path, tokenizer: Any, examples: Sequence[Mapping[str, str]], made_from: Fingerprint
 ) -> tuple[np.ndarray, np.ndarray]:
     """``token_lengths`` of the examples, saved in the run folder so other ranks and resumed runs
-    reuse them. Keyed by the tokenizer, the number of examples and the first and last example, so a
-    run folder left over from other data is recomputed rather than trusted."""
-    n = len(examples)
-    ends = [dict(examples[i]) for i in sorted({0, n - 1})] if n else []
-    key = json.dumps([getattr(tokenizer, "name_or_path", ""), len(tokenizer), n, ends], sort_keys=True)
-    fingerprint = hashlib.sha256(key.encode()).hexdigest()
+    reuse them; ``made_from`` (tokenizer, examples) decides whether a saved set is still theirs."""
     path = run_dir / "token_lengths.npz"
     if path.exists():
         cached = np.load(path)
-        if str(cached["fingerprint"]) == fingerprint:
+        try:
+            saved = json.loads(str(cached["fingerprint"]))
+        except (KeyError, ValueError):  # none, or the bare digest of an older version
+            saved = None
+        if made_from.reusable(saved, f"token lengths {path}"):
             return cached["prompt"], cached["response"]
     prompt, response = token_lengths(tokenizer, examples)
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, prompt=prompt, response=response, fingerprint=np.array(fingerprint))
+        np.savez(f, prompt=prompt, response=response, fingerprint=np.array(json.dumps(made_from.parts)))
     return prompt, response
 
 
-def _last_checkpoint(run_dir: Path) -> str | None:
+def _last_checkpoint(run_dir: Path, made_by: Fingerprint) -> str | None:
+    """The checkpoint to resume from: the last one in ``run_dir`` if it was made by the same run
+    (``made_by``: base model, settings, data, world size). Others are deleted, saying why, so they are
+    never mistaken for this run's later; rank 0 checks first (the others then find its verdict)."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    return get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+    last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+    stamp = run_dir / "fingerprint.json"
+    if last and not made_by.matches(stamp, f"training checkpoints in {run_dir} (not resuming)"):
+        if is_main_process():
+            for old in run_dir.glob("checkpoint-*"):
+                shutil.rmtree(old, ignore_errors=True)
+        last = None
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        made_by.save(stamp)
+    return last
+
+
+# Settings that change nothing in the trained weights: a run resumes across them.
+NOT_IN_FINGERPRINT = ("progress", "logging_steps", "launch")
 
 
 def train(
@@ -247,6 +277,7 @@ def train(
                 return LengthGroupedSampler(batch, lengths=dataset.lengths)
             return super()._get_train_sampler(train_dataset)
 
+    require_cuda(f"training {output_dir}", settings)
     trust = bool(settings.get("trust_remote_code", False))
     tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust)
     if tokenizer.pad_token is None:
@@ -282,8 +313,11 @@ def train(
     )
     # One tokenization pass for the lengths (rank 0 first, cached for the other ranks and for resumes);
     # the token ids themselves are produced batch by batch while training.
+    model_id, data_id = source_identity(base_model), examples_fingerprint(examples)
     with args.main_process_first(desc="token lengths"):
-        prompt_len, response_len = _cached_lengths(run_dir, tokenizer, examples)
+        prompt_len, response_len = _cached_lengths(
+            run_dir, tokenizer, examples, Fingerprint(tokenizer=model_id, examples=data_id)
+        )
     usable = (response_len > 0) & (prompt_len < cutoff)
     lengths = np.minimum(prompt_len + response_len, cutoff)
     kept = np.flatnonzero(usable)
@@ -311,7 +345,15 @@ def train(
         if packing
         else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE),
     )
-    resume = _last_checkpoint(run_dir)
+    made_by = Fingerprint(
+        model=model_id,
+        config_overrides=config_overrides or {},
+        settings={k: v for k, v in settings.items() if k not in NOT_IN_FINGERPRINT} | {"max_steps": max_steps},
+        world_size=args.world_size,
+        examples=data_id,
+    )
+    with args.main_process_first(local=False, desc="checkpoints"):
+        resume = _last_checkpoint(run_dir, made_by)
     if resume:
         log.info("resuming from %s", resume)
     # An engine loaded earlier in the same process (vLLM) may have switched autograd off globally.
