@@ -6,12 +6,15 @@ rule diffgen_train:
         problems=f"{R}/ingest/pool.parquet",
         difficulty=f"{R}/select/difficulty.parquet",
         model=role_input("generator_base"),
+        plan=PREFLIGHT,
     output:
         model=directory(f"{R}/diffgen/model"),
         loss=f"{R}/diffgen/loss.csv",
         summary=f"{R}/diffgen/train_summary.json",
     log:
         f"{LOGS}/diffgen/train.log",
+    benchmark:
+        f"{R}/benchmarks/diffgen/diffgen_train.tsv"
     conda:
         CONDA_ENV
     resources:
@@ -29,11 +32,14 @@ rule diffgen_train:
 rule diffgen_sample:
     input:
         model=f"{R}/diffgen/model",
+        plan=PREFLIGHT,
     output:
         problems=f"{R}/diffgen/samples/{{scatteritem}}.parquet",
         rejects=f"{R}/diffgen/samples/{{scatteritem}}.rejects.parquet",
     log:
         f"{LOGS}/diffgen/sample_{{scatteritem}}.log",
+    benchmark:
+        f"{R}/benchmarks/diffgen/diffgen_sample/{{scatteritem}}.tsv"
     conda:
         CONDA_ENV
     params:
@@ -57,6 +63,8 @@ rule diffgen_gather:
         summary=f"{R}/diffgen/summary.json",
     log:
         f"{LOGS}/diffgen/gather.log",
+    benchmark:
+        f"{R}/benchmarks/diffgen/diffgen_gather.tsv"
     conda:
         CONDA_ENV
     shell:
@@ -70,11 +78,14 @@ rule select_generated_shard:
     input:
         problems=f"{R}/diffgen/generated.parquet",
         model=role_input("selector"),
+        plan=PREFLIGHT,
     output:
         scores=f"{R}/select/generated/shards/{{scatteritem}}.parquet",
         rejects=f"{R}/select/generated/shards/{{scatteritem}}.rejects.parquet",
     log:
         f"{LOGS}/select/generated_shard_{{scatteritem}}.log",
+    benchmark:
+        f"{R}/benchmarks/select/select_generated_shard/{{scatteritem}}.tsv"
     conda:
         CONDA_ENV
     params:
@@ -109,6 +120,8 @@ rule select_generated_gather:
         ),
     log:
         f"{LOGS}/select/generated_gather.log",
+    benchmark:
+        f"{R}/benchmarks/select/select_generated_gather.tsv"
     conda:
         CONDA_ENV
     params:

@@ -6,11 +6,14 @@ rule distill_shard:
         generated=f"{R}/diffgen/generated.parquet",
         pool=f"{R}/ingest/pool.parquet",
         model=role_input("teacher"),
+        plan=PREFLIGHT,
     output:
         solutions=f"{R}/distill/shards/{{scatteritem}}.parquet",
         rejects=f"{R}/distill/shards/{{scatteritem}}.rejects.parquet",
     log:
         f"{LOGS}/distill/shard_{{scatteritem}}.log",
+    benchmark:
+        f"{R}/benchmarks/distill/distill_shard/{{scatteritem}}.tsv"
     conda:
         CONDA_ENV
     params:
@@ -36,6 +39,8 @@ rule distill_gather:
         summary=f"{R}/distill/summary.json",
     log:
         f"{LOGS}/distill/gather.log",
+    benchmark:
+        f"{R}/benchmarks/distill/distill_gather.tsv"
     conda:
         CONDA_ENV
     shell:

@@ -5,11 +5,14 @@ rule eval_benchmark:
     input:
         data=lambda w: benchmark_data(w.benchmark),
         model=lambda w: model_input(eval_model(w)),
+        plan=PREFLIGHT,
     output:
         scores=f"{R}/eval/{{model}}/{{benchmark}}.json",
         details=f"{R}/eval/{{model}}/{{benchmark}}.details.parquet",
     log:
         f"{LOGS}/eval/{{model}}/{{benchmark}}.log",
+    benchmark:
+        f"{R}/benchmarks/eval/eval_benchmark/{{model}}__{{benchmark}}.tsv"
     conda:
         CONDA_ENV
     params:

@@ -12,6 +12,8 @@ rule export_llamafactory:
         info=f"{R}/export/dataset_info.json",
     log:
         f"{LOGS}/export/llamafactory.log",
+    benchmark:
+        f"{R}/benchmarks/export/export_llamafactory.tsv"
     conda:
         CONDA_ENV
     shell:
@@ -28,6 +30,8 @@ rule export_hub:
         receipt=f"{R}/export/hub_push.json",
     log:
         f"{LOGS}/export/hub.log",
+    benchmark:
+        f"{R}/benchmarks/export/export_hub.tsv"
     localrule: True  # needs the internet: run on the submit host, not a cluster node
     conda:
         CONDA_ENV

@@ -13,6 +13,8 @@ rule filter_rules:
         stats=f"{R}/filter/rules/stats.json",
     log:
         f"{LOGS}/filter/rules.log",
+    benchmark:
+        f"{R}/benchmarks/filter/filter_rules.tsv"
     conda:
         CONDA_ENV
     threads: config["filter"].get("threads", 1)
@@ -37,10 +39,13 @@ rule filter_model_shard:
     input:
         candidates=f"{R}/filter/candidates.parquet",
         model=filter_student_input,
+        plan=PREFLIGHT,
     output:
         verdicts=f"{R}/filter/model/{{scatteritem}}.parquet",
     log:
         f"{LOGS}/filter/model_{{scatteritem}}.log",
+    benchmark:
+        f"{R}/benchmarks/filter/filter_model_shard/{{scatteritem}}.tsv"
     conda:
         CONDA_ENV
     params:
@@ -76,6 +81,8 @@ rule filter_gather:
         ),
     log:
         f"{LOGS}/filter/gather.log",
+    benchmark:
+        f"{R}/benchmarks/filter/filter_gather.tsv"
     conda:
         CONDA_ENV
     params:

@@ -5,12 +5,15 @@
 rule tiny_model:
     input:
         corpus=config.get("tiny", {}).get("corpus", []),
+        plan=PREFLIGHT,
     output:
         model=directory(f"{R}/models/tiny/{{role}}"),
         loss=f"{R}/models/tiny/{{role}}.loss.csv",
         summary=f"{R}/models/tiny/{{role}}.json",
     log:
         f"{LOGS}/models/tiny_{{role}}.log",
+    benchmark:
+        f"{R}/benchmarks/models/tiny_model/{{role}}.tsv"
     conda:
         CONDA_ENV
     threads: 1
@@ -42,6 +45,8 @@ rule twin_model:
         summary=f"{R}/models/twins/{{twin}}.json",
     log:
         f"{LOGS}/models/twin_{{twin}}.log",
+    benchmark:
+        f"{R}/benchmarks/models/twin_model/{{twin}}.tsv"
     conda:
         CONDA_ENV
     threads: 1

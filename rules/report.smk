@@ -50,6 +50,8 @@ rule report:
         ),
     log:
         f"{LOGS}/report.log",
+    benchmark:
+        f"{R}/benchmarks/report/report.tsv"
     conda:
         CONDA_ENV
     params:

@@ -5,11 +5,14 @@ rule select_shard:
     input:
         problems=f"{R}/ingest/pool.parquet",
         model=role_input("selector"),
+        plan=PREFLIGHT,
     output:
         scores=f"{R}/select/shards/{{scatteritem}}.parquet",
         rejects=f"{R}/select/shards/{{scatteritem}}.rejects.parquet",
     log:
         f"{LOGS}/select/shard_{{scatteritem}}.log",
+    benchmark:
+        f"{R}/benchmarks/select/select_shard/{{scatteritem}}.tsv"
     conda:
         CONDA_ENV
     params:
@@ -40,6 +43,8 @@ rule select_gather:
         ),
     log:
         f"{LOGS}/select/gather.log",
+    benchmark:
+        f"{R}/benchmarks/select/select_gather.tsv"
     conda:
         CONDA_ENV
     params:

@@ -6,12 +6,15 @@ rule sft_train:
     input:
         data=sft_data,
         model=role_input("student_base"),
+        plan=PREFLIGHT,
     output:
         model=directory(f"{R}/sft/{{variant}}/model"),
         loss=f"{R}/sft/{{variant}}/loss.csv",
         summary=f"{R}/sft/{{variant}}/summary.json",
     log:
         f"{LOGS}/sft/{{variant}}.log",
+    benchmark:
+        f"{R}/benchmarks/sft/sft_train/{{variant}}.tsv"
     conda:
         CONDA_ENV
     resources:
