@@ -237,20 +237,33 @@ def eval_model_arg(wildcards, input):
 
 def train_resources(section):
     """Rule resources of a training run: nodes and GPUs per node (config), as the slurm plugin
-    reads them (`gres` is per node; `tasks_per_gpu: 0` keeps it from adding --ntasks-per-gpu).
+    reads them (`gres` is per node, with the GPU type when set; `tasks_per_gpu: 0` keeps it from
+    adding --ntasks-per-gpu). Multi-node runs take the plugin's `mpi` path: the job-step plugin
+    then runs the command as is instead of inside its own `srun -n1` step, so the command's
+    `srun` (launcher) is the one step, with one task per node on exclusive nodes.
     """
     cfg = section["launch"]
     res = {"nodes": cfg["nodes"], "tasks_per_gpu": 0}
     if cfg["gpus_per_node"]:
-        res["gres"] = f"gpu:{cfg['gpus_per_node']}"
+        gpu = f"gpu:{cfg['gpu_type']}" if cfg.get("gpu_type") else "gpu"
+        res["gres"] = f"{gpu}:{cfg['gpus_per_node']}"
+    if cfg["nodes"] > 1:
+        res |= {
+            "mpi": "srun",
+            "tasks": cfg["nodes"],
+            "slurm_extra": "--ntasks-per-node=1 --exclusive",
+        }
     return res
 
 
 def launcher(section):
     """How a training entry point starts: one process, or torchrun with one worker per GPU
-    (multi-node: one torchrun per node under srun, rendezvous on the first node of the job).
+    (multi-node: one torchrun per node from a single srun step, rendezvous on the job's first
+    node; srun gets its CPUs explicitly, as it no longer inherits them from the job since SLURM
+    22.05, and ends the step when any node's torchrun fails).
     """
-    nodes, gpus = section["launch"]["nodes"], section["launch"]["gpus_per_node"]
+    cfg = section["launch"]
+    nodes, gpus = cfg["nodes"], cfg["gpus_per_node"]
     if nodes <= 1 and gpus <= 1:
         return "python -m"
     run = f"torchrun --nnodes {nodes} --nproc-per-node {max(gpus, 1)}"
@@ -258,8 +271,9 @@ def launcher(section):
         return f"{run} --standalone -m"
     head = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
     return (
-        f"srun --overlap --nodes {nodes} --ntasks-per-node 1 {run} --rdzv-id $SLURM_JOB_ID"
-        f" --rdzv-backend c10d --rdzv-endpoint {head}:29500 -m"
+        f"srun --kill-on-bad-exit=1 --wait=60 --nodes {nodes} --ntasks-per-node 1"
+        f' --cpus-per-task "$SLURM_CPUS_ON_NODE" {run} --rdzv-id $SLURM_JOB_ID'
+        f" --rdzv-backend c10d --rdzv-endpoint {head}:{cfg.get('port', 29500)} -m"
     )
 
 
