@@ -1,3 +1,7 @@
+import os
+import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -77,3 +81,117 @@ def test_parse_off_main_thread():
     assert results["agree"] is True
     assert results["wrong"] is False
     assert results["parsed"] == answers.parse("$2^{99}$")
+
+
+# ----------------------------------------------------------------------------- pathological answers
+TOWER = "9^{9^{9^{9}}}"  # sympy would try to compute 9^(9^387420489)
+# Each check below makes at most a few math-verify calls of TIMEOUT_SECONDS each; the child interpreter
+# adds its start-up (imports) and the sandbox child's. A broken timeout hangs instead (killed at HANG_S).
+HANG_S = 120
+
+
+def _run_isolated(code: str) -> dict:
+    """Run ``code`` (which prints one JSON line) in a fresh interpreter with a memory cap, so that a hang
+    fails the test instead of freezing pytest (sympy's big-integer loops hold the GIL)."""
+    import json
+    import resource
+
+    def limit() -> None:  # a runaway power must not eat the shared machine's memory
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    stdout, stderr, returncode = run_or_kill_group([sys.executable, "-c", code], HANG_S, preexec_fn=limit)
+    if returncode is None:
+        pytest.fail(f"math-verify check of {TOWER} still running after {HANG_S} s")
+    assert returncode == 0, stderr[-3000:]
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def run_or_kill_group(cmd: list[str], timeout: float, **kw) -> tuple[str, str, int | None]:
+    """``(stdout, stderr, returncode)``; past ``timeout`` the command and every process it started
+    (sandbox children, worker processes stuck in sympy) are killed and returncode is None."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        return stdout, stderr, proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        return stdout, stderr, None
+
+
+CHECKS = f"""
+import json, time
+from scalediff import answers
+
+def timed(fn, *args):
+    start = time.monotonic()
+    value = fn(*args)
+    return value if isinstance(value, bool) else len(value), round(time.monotonic() - start, 2)
+
+def checks():
+    return {{
+        "agree": timed(answers.answers_agree, {TOWER!r}, "5"),
+        "score": timed(answers.score_prediction, "So $\\\\boxed{{{TOWER}}}$.", "5"),
+        "parsable": timed(answers.is_parsable, {TOWER!r}),
+        "parse": timed(answers.parse, "${TOWER}$"),
+        "sane": timed(answers.answers_agree, "-3", "-3"),
+        "sane_wrong": timed(answers.answers_agree, "3", "-3"),
+    }}
+"""
+
+
+def _assert_quick_and_false(results: dict, limit: float) -> None:
+    assert results["agree"][0] is False and results["score"][0] is False
+    assert results["parsable"][0] is True and results["parse"][0] > 0  # it is a valid (huge) expression
+    assert results["sane"][0] is True and results["sane_wrong"][0] is False
+    for name, (_, seconds) in results.items():
+        assert seconds < limit, (name, seconds, results)
+
+
+def test_pathological_answer_returns_false_quickly_on_the_main_thread():
+    results = _run_isolated(CHECKS + "print(json.dumps(checks()))")
+    # one math-verify timeout per check, plus slack for a busy machine
+    _assert_quick_and_false(results, 3 * answers.TIMEOUT_SECONDS)
+
+
+def test_pathological_answer_returns_false_quickly_in_worker_threads():
+    """Off the main thread math-verify's alarm cannot fire; the checks run in a sandbox child process
+    with the same timeouts (the first call also starts that child). Two threads check at once."""
+    code = CHECKS + (
+        "import threading\n"
+        "out = {}\n"
+        "threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, checks())) for i in range(2)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "print(json.dumps(out))\n"
+    )
+    results = _run_isolated(code)
+    assert set(results) == {"0", "1"}
+    for per_thread in results.values():
+        _assert_quick_and_false(per_thread, answers.CALL_DEADLINE + 30)  # + the sandbox child's start-up
+
+
+def test_sandbox_deadline_kills_a_stuck_check_and_restarts():
+    """The sandbox's hard deadline (for sympy work that no alarm interrupts): with CALL_DEADLINE below
+    math-verify's own timeout, a slow check returns False at the deadline and the next check gets a
+    fresh child."""
+    code = CHECKS + (
+        "import threading\n"
+        "out = {}\n"
+        "def work():\n"
+        "    out['warm'] = timed(answers.answers_agree, '1', '1')  # starts the sandbox child\n"
+        "    answers.CALL_DEADLINE = 1\n"
+        "    out['stuck'] = timed(answers.answers_agree, " + repr(TOWER) + ", '5')\n"
+        "    answers.CALL_DEADLINE = 60\n"
+        "    out['after'] = timed(answers.answers_agree, '-3', '-3')\n"
+        "t = threading.Thread(target=work)\n"
+        "t.start()\n"
+        "t.join()\n"
+        "print(json.dumps(out))\n"
+    )
+    out = _run_isolated(code)
+    assert out["warm"][0] is True
+    assert out["stuck"][0] is False and out["stuck"][1] < answers.TIMEOUT_SECONDS - 1, out
+    assert out["after"][0] is True, out

@@ -8,10 +8,12 @@ changes the outcome: a row kept under one setting is removed under the other, wi
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from test_filter import GOOD, _bench_problems, _benchmarks, _disabled, _write_parquet, sol
 
 from scalediff import filter as flt
@@ -252,3 +254,37 @@ def test_validate_row_lone_surrogate_and_nul_in_memory():
             got = validate_row({**row, field: f"text {bad} more"}, REQUIRED_SOLUTION_FIELDS, 1000)
             assert got == [("invalid_text", field)], (field, bad)
     assert validate_row({**row, "problem": "a proper pair \U0001f600 is fine"}, REQUIRED_SOLUTION_FIELDS, 1000) == []
+
+
+def test_pathological_answer_in_filter_worker_processes(tmp_path):
+    """``9^{9^{9^{9}}}`` through the rules CLI with 2 worker processes (boxes compared there) and the
+    gold check (in the main process): math-verify's timeouts end both checks, the rows are rejected
+    for the right reason, and the stage finishes instead of hanging."""
+    import sys
+
+    from test_answers import run_or_kill_group
+
+    tower = "9^{9^{9^{9}}}"
+    solutions = [
+        sol("g-tower", "What is nine to the power nine, nested four times deep?", boxed(tower) + " or $\\boxed{5}$"),
+        original("p-100", P100, boxed(tower)),
+        sol("g-ok", "What is the sum of two and three, written as an integer?"),
+    ]
+    sol_path = _write_parquet(solutions, tmp_path / "solutions.parquet")
+    pool_path = _write_parquet([pool_row("p-100", P100, None, "2")], tmp_path / "pool.parquet")
+    settings = {"filter": _disabled(), "benchmarks": _benchmarks()}
+    cand, rejects = tmp_path / "cand.parquet", tmp_path / "rejects.parquet"
+    args = ["--solutions", sol_path, "--pool", pool_path, "--candidates", cand, "--rejects", rejects]
+    args += ["--stats", tmp_path / "stats.json", "--workers", "2", "--settings", json.dumps(settings)]
+    start = time.monotonic()
+    cmd = [sys.executable, "-m", "scalediff.filter", "rules", *map(str, args)]
+    _, stderr, returncode = run_or_kill_group(cmd, 240)
+    if returncode is None:
+        pytest.fail("filter rules still running after 240 s on a pathological answer")
+    assert returncode == 0, stderr[-3000:]
+    elapsed = time.monotonic() - start
+    out = {r["id"]: r for r in pq.read_table(rejects).to_pylist()}
+    assert reason(out["g-tower"]) == "boxed_disagree"
+    assert out["p-100"]["detail"] == f"gold_mismatch: gold '2', teacher '{tower}'"
+    assert [r["id"] for r in pq.read_table(cand).to_pylist()] == ["g-ok"]
+    print(f"rules CLI with 2 workers on a pathological answer: {elapsed:.1f} s")

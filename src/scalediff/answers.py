@@ -3,14 +3,27 @@
 Two rules from SPEC §6 live here so every stage applies them the same way:
 - gold answers are wrapped as ``$...$`` before parsing (raw ``2^{99}`` parses as ``2``);
 - a completion's answer is read after the last ``</think>`` (the reasoning may box drafts).
+
+Timeouts: math-verify bounds each parse/compare with ``signal.alarm`` (TIMEOUT_SECONDS), which only
+works on the main thread. A pathological answer such as ``9^{9^{9^{9}}}`` makes sympy compute a
+huge power in C while holding the GIL; off the main thread nothing can interrupt that and the whole
+process hangs. So off the main thread every check runs in a per-thread child process
+(``_Sandbox``), on the child's main thread with the same alarms and a hard deadline on top
+(CALL_DEADLINE: past it the child is killed and the check fails). The filter's worker processes
+and the model-based filter check on their main thread and never pay for the child.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
+import subprocess
+import sys
 import threading
+import weakref
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 import math_verify.grader
@@ -20,9 +33,15 @@ from math_verify import ExprExtractionConfig, LatexExtractionConfig
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 PRECISION = 5  # decimal places for numeric equality, as in the eval metric (SPEC §6)
 TIMEOUT_SECONDS = 5
+# Hard limit for one check run off the main thread: a check makes at most two parses and one
+# comparison, each bounded by TIMEOUT_SECONDS when signals get through.
+CALL_DEADLINE = 4 * TIMEOUT_SECONDS
+SANDBOX_START_SECONDS = 120  # the child imports sympy + math-verify (seconds on a busy machine)
 
 # LaTeX first with \boxed{} at top priority, then plain expressions.
 EXTRACTION = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
+
+_timeouts = 0  # math-verify timeouts seen in this process (the sandbox child reports whether one hit)
 
 
 def _thread_aware(timeout: Callable[[int], Callable]) -> Callable[[int], Callable]:
@@ -30,7 +49,8 @@ def _thread_aware(timeout: Callable[[int], Callable]) -> Callable[[int], Callabl
 
     Its parser swallows that error and falls back to a regex parse (``$2^{99}$`` -> ``2``) and
     ``verify`` returns False, so answers checked from a worker thread are silently wrong. Off the
-    main thread we run without a timeout instead; on the main thread nothing changes.
+    main thread we run without a timeout instead (``parse`` only does so after the sandbox showed the
+    same parse ends in time); on the main thread timeouts are counted and otherwise unchanged.
     """
 
     def patched(timeout_seconds: int = 10) -> Callable:
@@ -39,8 +59,13 @@ def _thread_aware(timeout: Callable[[int], Callable]) -> Callable[[int], Callabl
 
             @functools.wraps(func)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
+                global _timeouts
                 if threading.current_thread() is threading.main_thread():
-                    return guarded(*args, **kwargs)
+                    try:
+                        return guarded(*args, **kwargs)
+                    except TimeoutError:
+                        _timeouts += 1
+                        raise
                 return func(*args, **kwargs)
 
             return wrapper
@@ -55,6 +80,89 @@ def _thread_aware(timeout: Callable[[int], Callable]) -> Callable[[int], Callabl
 for _module in (math_verify.parser, math_verify.grader):
     if not getattr(_module.timeout, "_scalediff_thread_aware", False):
         _module.timeout = _thread_aware(_module.timeout)
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+# ---------------------------------------------------------------------------- sandbox (off the main thread)
+def _serve(read_fd: int, write_fd: int) -> None:
+    """The sandbox child: answer ``(name, args)`` requests with ``_LOCAL[name](*args)`` until EOF."""
+    requests, replies = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    replies.send("ready")
+    while True:
+        try:
+            name, args = requests.recv()
+        except EOFError:  # the parent is gone or closed the sandbox
+            return
+        replies.send(_LOCAL[name](*args))
+
+
+def _kill(proc: subprocess.Popen, *conns: Connection) -> None:
+    for conn in conns:
+        conn.close()
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+class _Sandbox:
+    """One child process that runs checks for one thread; killed and restarted when a check overruns."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    def _start(self) -> None:
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = (
+            f"import sys; sys.path.insert(0, {src!r}); from scalediff.answers import _serve; _serve({req_r}, {rep_w})"
+        )
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", code], pass_fds=(req_r, rep_w), stdin=subprocess.DEVNULL
+            )
+        finally:
+            os.close(req_r)
+            os.close(rep_w)
+        self._requests, self._replies = Connection(req_w, readable=False), Connection(rep_r, writable=False)
+        # Kill the child when this thread's sandbox is dropped (thread exit) or at interpreter exit.
+        self._finalizer = weakref.finalize(self, _kill, self._proc, self._requests, self._replies)
+        if not (self._replies.poll(SANDBOX_START_SECONDS) and self._replies.recv() == "ready"):
+            self.close()
+            raise RuntimeError("math-verify sandbox process did not start")
+
+    def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()  # kills the child once
+        self._proc = self._finalizer = None
+
+    def call(self, name: str, args: tuple, default: Any) -> Any:
+        """``_LOCAL[name](*args)`` in the child, or ``default`` when it overruns CALL_DEADLINE or dies."""
+        if self._proc is None or self._proc.poll() is not None:
+            self.close()
+            self._start()
+        try:
+            self._requests.send((name, args))
+            if self._replies.poll(CALL_DEADLINE):
+                return self._replies.recv()
+        except (EOFError, OSError):
+            pass
+        self.close()  # stuck in sympy (or dead): the next call starts a fresh child
+        return default
+
+
+_sandboxes = threading.local()
+
+
+def _in_sandbox(name: str, args: tuple, default: Any) -> Any:
+    sandbox = getattr(_sandboxes, "sandbox", None)
+    if sandbox is None:
+        sandbox = _sandboxes.sandbox = _Sandbox()
+    return sandbox.call(name, args, default)
 
 
 def final_segment(completion: str) -> str:
@@ -96,15 +204,35 @@ def wrap_gold(answer: str) -> str:
     return f"${answer.strip()}$"
 
 
-def parse(text: str) -> list:
-    """math-verify parse (LaTeX with boxed first, then expressions); ``[]`` when nothing parses."""
+def _parse(text: str) -> list:
     try:
         return math_verify.parser.parse(text, extraction_config=EXTRACTION, parsing_timeout=TIMEOUT_SECONDS)
     except Exception:  # math-verify raises on a few pathological inputs; treat as unparsable
         return []
 
 
+def _parse_ends_in_time(text: str) -> bool:
+    before = _timeouts
+    _parse(text)
+    return _timeouts == before
+
+
+def parse(text: str) -> list:
+    """math-verify parse (LaTeX with boxed first, then expressions); ``[]`` when nothing parses.
+
+    Off the main thread the parse is first tried in the sandbox: only when it ends there without a
+    timeout is it repeated here (sympy objects do not survive pickling unchanged), else ``[]``.
+    """
+    if _on_main_thread():
+        return _parse(text)
+    return _parse(text) if _in_sandbox("parse_ends_in_time", (text,), False) else []
+
+
 _PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def _is_parsable(answer: str) -> bool:
+    return bool(answer.strip()) and any(not isinstance(x, str) for x in _parse(wrap_gold(answer)))
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -117,7 +245,7 @@ def is_parsable(answer: str) -> bool:
     """
     if _PLAIN_NUMBER.fullmatch(answer.strip()):
         return True
-    return bool(answer.strip()) and any(not isinstance(x, str) for x in parse(wrap_gold(answer)))
+    return _is_parsable(answer) if _on_main_thread() else _in_sandbox("is_parsable", (answer,), False)
 
 
 def _verify(gold: list, pred: list) -> bool:
@@ -129,11 +257,32 @@ def _verify(gold: list, pred: list) -> bool:
         return False
 
 
+def _answers_agree(pred: str, gold: str) -> bool:
+    return _verify(_parse(wrap_gold(gold)), _parse(wrap_gold(pred)))
+
+
+def _score_prediction(completion: str, gold: str) -> bool:
+    return _verify(_parse(wrap_gold(gold)), _parse(final_segment(completion)))
+
+
 def answers_agree(pred: str, gold: str) -> bool:
     """Whether two final answers (bare LaTeX, no ``$``/box) are mathematically equal."""
-    return _verify(parse(wrap_gold(gold)), parse(wrap_gold(pred)))
+    if _on_main_thread():
+        return _answers_agree(pred, gold)
+    return _in_sandbox("answers_agree", (pred, gold), False)
 
 
 def score_prediction(completion: str, gold: str) -> bool:
     """Whether a model completion's final answer matches ``gold`` (a bare answer string)."""
-    return _verify(parse(wrap_gold(gold)), parse(final_segment(completion)))
+    if _on_main_thread():
+        return _score_prediction(completion, gold)
+    return _in_sandbox("score_prediction", (completion, gold), False)
+
+
+# What the sandbox child runs (on its main thread, so with math-verify's timeouts).
+_LOCAL: dict[str, Callable[..., Any]] = {
+    "parse_ends_in_time": _parse_ends_in_time,
+    "is_parsable": _is_parsable,
+    "answers_agree": _answers_agree,
+    "score_prediction": _score_prediction,
+}
