@@ -720,6 +720,7 @@ def run_model_shard(
             output,
             base_seed=settings["seed"],
             batch_size=settings["engine"]["batch_size"],
+            identity={"k": k},  # greedy rows repeat one sample k times
         )
     }
     out = []

@@ -106,6 +106,7 @@ def run(
         output,
         base_seed=settings["seed"],
         batch_size=settings["engine"]["batch_size"],
+        identity={"threshold": threshold},  # decides the rows' `difficult`
     )
     for r in rows:
         r.pop("key", None)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from scalediff import cli
-from scalediff.records import PROBLEM_SCHEMA, atomic_path, iter_batches, write_json
+from scalediff.records import PROBLEM_SCHEMA, Fingerprint, atomic_path, iter_batches, source_identity, write_json
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,16 @@ class DatasetExamples(Sequence):
 
         arrow = Path(cache_dir) / "examples.arrow"
         arrow.parent.mkdir(parents=True, exist_ok=True)
+        # Large inputs are known by path, size and mtime (tens of GB are not read to check a cache): a
+        # rewritten input rebuilds the cache, and training resumes only on the same inputs.
+        made_from = Fingerprint(inputs=[source_identity(p) for p in paths], columns=self.COLUMNS)
+        stamp = arrow.with_name(arrow.name + ".fingerprint.json")
         with FileLock(f"{arrow}.lock"):  # one rank converts, the others wait and map the same file
-            if not arrow.exists():
+            if not (arrow.exists() and made_from.matches(stamp, f"SFT cache {arrow}")):
+                stamp.unlink(missing_ok=True)  # a kill mid-rebuild must not leave the old stamp on new data
                 self._to_arrow(paths, arrow)
+                made_from.save(stamp)
+        self.fingerprint = made_from.digest  # the training set's identity (``train.examples_fingerprint``)
         self.rows = Dataset.from_file(str(arrow))
         table = self.rows.data.table
         # lengths of the mapped columns (null -> 0) rather than fill_null, which copies the texts
