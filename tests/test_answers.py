@@ -156,6 +156,7 @@ def test_pathological_answer_returns_false_quickly_on_the_main_thread():
     _assert_quick_and_false(results, 3 * answers.TIMEOUT_SECONDS)
 
 
+@pytest.mark.slow
 def test_pathological_answer_returns_false_quickly_in_worker_threads():
     """Off the main thread math-verify's alarm cannot fire; the checks run in a sandbox child process
     with the same timeouts (the first call also starts that child). Two threads check at once."""

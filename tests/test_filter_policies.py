@@ -79,8 +79,8 @@ def fate(outcome: dict | str) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------- originals' policies
 def test_original_solution_rules_policy(tmp_path):
     """``original.solution_rules``: a truncated teacher solution of an original (right answer) is removed
-    as ``truncated`` when on and kept when off; a generated truncated row is removed either way. Runs in
-    2 worker processes, where the row-local solution checks happen."""
+    as ``truncated`` when on and kept when off; a generated truncated row is removed either way. The
+    second run uses 2 worker processes, where the row-local solution checks then happen."""
     truncated = "<think>\nDivide: 100 = 14 * 7 + 2, so the remainder is \\boxed{2} and now let me also"
     solutions = [
         original("p-100", P100, truncated, finish_reason="length"),
@@ -88,7 +88,7 @@ def test_original_solution_rules_policy(tmp_path):
         sol("g-trunc", "A train goes 60 miles in 1.5 hours. What is its speed in miles per hour?", truncated),
     ]
     pool = [pool_row("p-100", P100, None, "2"), pool_row("p-200", P200, None, "4")]
-    on = run(tmp_path / "on", solutions, pool, _disabled(original={"solution_rules": True}), workers=2)
+    on = run(tmp_path / "on", solutions, pool, _disabled(original={"solution_rules": True}))
     off = run(tmp_path / "off", solutions, pool, _disabled(original={"solution_rules": False}), workers=2)
     assert reason(on["solutions", "p-100", 0]) == "truncated"
     assert filter_of(on["solutions", "p-100", 0]) == "solution"
@@ -256,6 +256,7 @@ def test_validate_row_lone_surrogate_and_nul_in_memory():
     assert validate_row({**row, "problem": "a proper pair \U0001f600 is fine"}, REQUIRED_SOLUTION_FIELDS, 1000) == []
 
 
+@pytest.mark.slow
 def test_pathological_answer_in_filter_worker_processes(tmp_path):
     """``9^{9^{9^{9}}}`` through the rules CLI with 2 worker processes (boxes compared there) and the
     gold check (in the main process): math-verify's timeouts end both checks, the rows are rejected
