@@ -48,6 +48,7 @@ rule report:
             caption="report/lengths.rst",
             category="6. report",
         ),
+        benchmarks=f"{R}/report/benchmarks.md",
     log:
         f"{LOGS}/report.log",
     benchmark:
@@ -57,10 +58,11 @@ rule report:
     params:
         out_dir=lambda w, output: os.path.dirname(output.summary),
         baseline=config["report"]["baseline_model"] or "",
+        benchmarks=f"{R}/benchmarks",
     shell:
         "python -m scalediff.report --scores {input.scores} --select-summary {input.select}"
         " --pool-difficulty {input.pool_difficulty} --generated-difficulty {input.generated}"
         " --stage-summaries {input.diffgen} {input.distill} {input.funnel} {input.sft}"
         " --losses {input.losses} --paper-table {input.paper} --baseline-model {params.baseline:q}"
         " --generated {input.problems} --solutions {input.solutions}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        " --benchmarks-dir {params.benchmarks} --out-dir {params.out_dir} > {log} 2>&1"

@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--losses", nargs="*", default=[])
     ap.add_argument("--generated", required=True, help="diffgen/generated.parquet (column problem)")
     ap.add_argument("--solutions", required=True, help="distill/solutions.parquet (column completion_tokens)")
+    ap.add_argument("--benchmarks-dir", default=None, help="Snakemake benchmark files: a per-stage table")
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
     cli.setup_logging()
@@ -277,6 +278,14 @@ def main(argv: list[str] | None = None) -> None:
         },
         "table": rows,
     }
+    if args.benchmarks_dir:
+        # Wall time, max RSS and CPU time of every job so far, per stage (rules' `benchmark:` files).
+        from scalediff.plan import benchmarks_markdown, read_benchmarks
+
+        bench = read_benchmarks(args.benchmarks_dir)
+        with atomic_path(out / "benchmarks.md") as tmp:
+            tmp.write_text("# Measured per stage (Snakemake benchmark files)\n\n" + benchmarks_markdown(bench))
+        summary["benchmarks"] = bench
     write_json(summary, out / "summary.json")
     log.info("report written to %s", out)
 
