@@ -153,6 +153,12 @@ def test_pool_solution_superseded_by_distilled(tmp_path):
     assert superseded["filter"] == "superseded" and superseded["status"] == "rejected"
     assert with_teacher["solutions", "p-pairs", 0] == "kept"
     assert without["pool", "p-pairs", None] == "kept"
+    # A teacher solution that the checks reject does not supersede: the pool's own one stays, so the
+    # problem is not left without any solution.
+    bad = original("p-pairs", PAIRS, boxed("6"), finish_reason="length")
+    failed = run(tmp_path / "failed", [bad, original("p-100", P100, boxed("2"))], pool, _disabled())
+    assert reason(failed["solutions", "p-pairs", 0]) == "truncated"
+    assert failed["pool", "p-pairs", None] == "kept"
 
 
 # ----------------------------------------------------------------------------- quarantine, negatives, surrogates

@@ -519,14 +519,15 @@ def run_rules(
                     v.quarantine(problems, row)
                 else:
                     generated = v.origin == "generated"
-                    if not generated:
-                        distilled.add(v.id)
                     v.answer = v_answer
                     for reason in row_reasons:
                         v.reject(reason)
                     if not generated and ocfg["check_gold"] and gold_mismatch(v.answer, gold.get(v.id)):
                         v.reject("gold_mismatch", f"gold {gold[v.id]!r}, teacher {v.answer!r}")
                     decontaminate(v, row["problem"])
+                    if not generated and v.status == "kept":
+                        # only a teacher solution that passed supersedes the pool's own one
+                        distilled.add(v.id)
                     if generated and v.status == "kept":
                         dropped = dedup.check_generated(v.id, row["problem"])
                         if dropped:
