@@ -28,6 +28,7 @@ def _profile(tmp_path: Path, **mem_mb: int) -> Path:
         "eval_benchmark": 1,
         "diffgen_train": None,  # training rules declare nodes and GPUs per node themselves
         "sft_train": None,
+        "filter_rules": None,  # a CPU rule
     }
     resources = {}
     for rule, gpus in rules.items():
@@ -158,10 +159,14 @@ def test_measured_rss_raises_the_host_memory_need(fitting, tmp_path):
     assert stats["jobs"] == 2 and stats["max_rss_mb"] == 40000.0 and stats["wall_s"] == 5400.5
     row = "| distill | distill_shard | 2 | 90 min | 60 min | 39.06 GiB | 75 min |"
     assert row in plan.benchmarks_markdown(measured)
-    rc, result = _plan(tmp_path, fitting, _profile(tmp_path, distill_shard=32000))
+    cpu = Path(fitting["results"]) / "benchmarks" / "filter" / "filter_rules.tsv"
+    cpu.parent.mkdir()
+    cpu.write_text(header + "600.0\t0:10:00\t50000.0\t1\t1\t1\t0\t0\t90.0\t500.0\n")
+    rc, result = _plan(tmp_path, fitting, _profile(tmp_path, distill_shard=32000, filter_rules=32000))
     assert rc == 1
     [error] = [e for e in result["errors"] if e.startswith("distill_shard: host memory")]
     assert "measured max RSS 39.1 GiB" in error
+    assert "filter_rules: measured max RSS 48.8 GiB > mem_mb 32000 MiB it requests" in result["warnings"]
 
 
 def test_published_parameter_counts_and_twin_facts_agree():

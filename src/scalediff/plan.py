@@ -837,6 +837,9 @@ def train_memory(model: Model, section: dict[str, Any], gpu: Gpu, plan_cfg: dict
         "states_how": states["how"],
         "ds_host_per_node_gib": _gib(states["ds_host_bytes"]),
         "tokens_per_micro_batch": tokens,
+        "micro_batch": f"{batch} packed rows of {cutoff} as one row"
+        if packing
+        else f"{batch} rows padded to the longest (at worst {cutoff})",
         "attention": attn,
         "attention_note": attn_note,
         "gradient_checkpointing": gc,
@@ -1165,6 +1168,21 @@ def make_plan(
             }
         )
 
+    # The other rules (CPU work: ingest, filter_rules, gathers, report): what earlier jobs measured against
+    # what the profile asks now. Warnings only: the measured run may have been of another scale.
+    planned = {w.rule for w in engine_work} | {t.rule for t in train_work}
+    for by_rule in benchmarks.values():
+        for rule, measured in sorted(by_rule.items()):
+            if rule in planned:
+                continue
+            req = rule_request(profile, rule, config, None)
+            rss = measured["max_rss_mb"]
+            if rss and req["mem_mb"] and rss > req["mem_mb"]:
+                found.warn(rule, f"measured max RSS {rss / 1024:.1f} GiB > mem_mb {req['mem_mb']:.0f} MiB it requests")
+            if req["runtime_min"] and measured["max_wall_s"] > req["runtime_min"] * 60:
+                found.warn(
+                    rule, f"a job took {_dur(measured['max_wall_s'])} > the {req['runtime_min']:.0f} min it requests"
+                )
     stages = _merge_eval(stages)
     order = ["select", "diffgen_train", "diffgen_sample", "distill", "filter_model"]
     sft = [s["wall_s"] for s in stages if s["stage"].startswith("sft_")]
@@ -1312,7 +1330,8 @@ def render_markdown(plan: dict[str, Any]) -> str:
             m = r["memory"]
             lines += [
                 "",
-                f"{name}: {m['tokens_per_micro_batch']} tokens per micro-batch; {m['attention_note']};"
+                f"{name}: {m['tokens_per_micro_batch']} tokens per micro-batch ({m['micro_batch']});"
+                f" {m['attention_note']};"
                 f" logits: {m['logits_note']};"
                 f" states: {m['states_how']}; buffers: {m['buffers_note']}.",
             ]
