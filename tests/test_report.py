@@ -149,6 +149,9 @@ def report_inputs(tmp_path):
 def test_cli_end_to_end(report_inputs):
     d, scores = report_inputs
     out = d / "report"
+    bench = d / "benchmarks" / "distill" / "distill_shard"  # a Snakemake benchmark file of one shard job
+    bench.mkdir(parents=True)
+    (bench / "1-of-2.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n754.2\t0:12:34\t2048.0\t1500.5\n")
     cmd = [
         sys.executable, "-m", "scalediff.report", "--scores", *scores,
         "--paper-table", str(REPO / "config" / "paper_table.yaml"), "--baseline-model", "student_base",
@@ -159,7 +162,7 @@ def test_cli_end_to_end(report_inputs):
         "--losses", str(d / "diffgen" / "loss.csv"), str(d / "sft" / "loss.csv"),
         "--generated", str(d / "diffgen" / "generated.parquet"),
         "--solutions", str(d / "distill" / "solutions.parquet"),
-        "--out-dir", str(out),
+        "--benchmarks-dir", str(d / "benchmarks"), "--out-dir", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -187,6 +190,10 @@ def test_cli_end_to_end(report_inputs):
     assert summary["lengths"]["problem_words"]["generated"]["max"] == 9
     assert set(summary["stages"]) == {"select/summary", "distill/summary"}
     assert "+11.3%" in (out / "paper_table.md").read_text()
+    # wall time, max RSS and CPU time per stage, from the rules' benchmark files
+    row = "| distill | distill_shard | 1 | 13 min | 13 min | 2.00 GiB | 25 min |"
+    assert row in (out / "benchmarks.md").read_text()
+    assert summary["benchmarks"]["distill"]["distill_shard"]["max_rss_mb"] == 2048.0
 
 
 # ---------------------------------------------------------------- snakemake --report
