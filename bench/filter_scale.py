@@ -22,8 +22,8 @@ row checks), peak RSS of that process (VmHWM; the stage's workers not included),
 and the time of a bare pyarrow scan of the columns that component reads (same shards, same process,
 measured first).
 Goals (issue 4): text rule filters >= 20k rows/s per core; peak RSS at the largest row count
-<= 1.5x that at the smallest (dedup keeps a signature per problem by design: its RSS is reported
-as bytes per problem instead).
+<= 1.5x that at the smallest (the dedup index grows with the problems by design, ~0.2 KB each in
+memory, the signatures in a temporary file: its RSS is reported as bytes per problem instead).
 """
 
 from __future__ import annotations
