@@ -69,11 +69,79 @@ def test_checkpoint_drops_a_torn_last_line(tmp_path):
     ckpt.append([{"key": "a", "v": 1}, {"key": "b", "v": 2}])
     with open(ckpt.path, "ab") as fh:  # a kill in the middle of the next write
         fh.write(json.dumps({"key": "c"}).encode()[:5])
+    size = ckpt.path.stat().st_size
     assert ckpt.done_keys() == {"a", "b"}
+    assert ckpt.path.stat().st_size == size  # reading (e.g. while the job appends) changes nothing
+    assert [r["key"] for r in ckpt.load()] == ["a", "b"]  # the writer's reload truncates the torn line
+    assert ckpt.path.stat().st_size < size
     ckpt.append([{"key": "c", "v": 3}])
     assert [r["key"] for r in ckpt.rows_in_order(["c", "b", "a"])] == ["c", "b", "a"]
     ckpt.discard()
     assert not ckpt.path.exists()
+
+
+def test_checkpoint_returns_only_rows_of_the_current_jobs(tmp_path):
+    ckpt = ShardCheckpoint(tmp_path / "shard.parquet")
+    ckpt.append([{"key": k, "v": i} for i, k in enumerate("abc")])
+    assert [r["key"] for r in ckpt.rows_in_order(["d", "b"])] == ["b"]
+    assert ckpt.done_keys(["d", "b"]) == {"b"}
+    assert ckpt.rows_in_order([]) == []
+
+
+def test_checkpoint_rows_of_a_changed_job_are_not_reused(tmp_path):
+    """The same key with another prompt is another job: rows carry their job's digest."""
+    job = ShardCheckpoint.JOB
+    ckpt = ShardCheckpoint(tmp_path / "shard.parquet")
+    ckpt.append([{"key": "a", job: "v1", "t": "old"}, {"key": "b", job: "v1", "t": "b"}])
+    assert ckpt.done_keys({"a": "v2", "b": "v1"}) == {"b"}
+    ckpt.append([{"key": "a", job: "v2", "t": "new"}])
+    assert ckpt.rows_in_order({"a": "v2", "b": "v1"}) == [{"key": "a", "t": "new"}, {"key": "b", "t": "b"}]
+
+
+def test_checkpoint_made_another_way_is_discarded_saying_why(tmp_path, caplog):
+    from scalediff.records import Fingerprint
+
+    out = tmp_path / "shard.parquet"
+    old = ShardCheckpoint(out, fingerprint=Fingerprint(model="m", sampling={"temperature": 0.8}))
+    old.append([{"key": "a", "v": 1}])
+    same = ShardCheckpoint(out, fingerprint=Fingerprint(model="m", sampling={"temperature": 0.8}))
+    assert same.rows_in_order(["a"]) == [{"key": "a", "v": 1}]
+    new = ShardCheckpoint(out, fingerprint=Fingerprint(model="m", sampling={"temperature": 1.0}))
+    assert new.rows() == [] and new.done_keys() == set() and old.path.exists()  # reading deletes nothing
+    with caplog.at_level("INFO"):
+        assert new.load() == []
+    assert ": sampling changed" in caplog.text
+    assert not new.path.exists()
+    new.append([{"key": "a", "v": 2}])
+    assert new.rows_in_order(["a"]) == [{"key": "a", "v": 2}] and same.rows() == []
+
+
+def test_checkpoint_without_a_fingerprint_is_discarded(tmp_path, caplog):
+    """What the previous version wrote (rows only) cannot say how it was made: never resumed."""
+    ckpt = ShardCheckpoint(tmp_path / "shard.parquet")
+    ckpt.path.write_text(json.dumps({"key": "a", "v": 1}) + "\n")
+    with caplog.at_level("INFO"):
+        assert ckpt.load() == []
+    assert "no fingerprint" in caplog.text and not ckpt.path.exists()
+
+
+def test_source_identity_follows_file_contents_and_large_file_stats(tmp_path):
+    import os
+
+    from scalediff.records import CONTENT_DIGEST_BYTES, source_identity
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"a": 1}')
+    (model / "weights.bin").write_bytes(b"x" * (CONTENT_DIGEST_BYTES + 1))  # large: known by size and mtime
+    first = source_identity(model)
+    assert source_identity(model) == first
+    (model / "config.json").write_text('{"a": 2}')  # same size, new content
+    second = source_identity(model)
+    assert second != first
+    os.utime(model / "weights.bin", ns=(1, 1))  # rewritten in place: same size, other mtime
+    assert source_identity(model) != second
+    assert source_identity("org/not-a-local-model") == {"name": "org/not-a-local-model"}
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,10 @@
 """The one trainer really learns: a tiny model overfits a handful of examples, then generates them."""
 
 import csv
+import json
 import multiprocessing as mp
+import queue as queue_module
+from collections.abc import Sequence
 
 import pytest
 from conftest import ENGINE, build_tiny
@@ -66,41 +69,152 @@ def test_qft_overfits_and_generates_its_training_problems(tmp_path):
     queue = ctx.Queue()
     proc = ctx.Process(target=_generate, args=(tmp_path / "model", queue))
     proc.start()
-    texts = queue.get(timeout=600)
-    proc.join()
+    try:
+        texts = queue.get(timeout=600)
+    except queue_module.Empty:
+        proc.kill()
+        pytest.fail(f"the generating subprocess sent nothing in 600 s (exit code {proc.exitcode})")
+    proc.join(timeout=120)
+    if proc.is_alive():
+        proc.kill()
+        pytest.fail("the generating subprocess did not exit within 120 s of sending its texts")
+    assert proc.exitcode == 0, f"the generating subprocess exited with {proc.exitcode}"
     assert sum(t in FACTS for t in texts) >= 6, texts
 
 
-@pytest.mark.slow
-def test_training_resumes_from_its_last_checkpoint(tmp_path):
-    """A killed run's checkpoints are picked up: the rerun continues from them, not from step 0."""
-    import shutil
+class KilledAfterCheckpoint(Sequence):
+    """Training examples whose run dies right after saving ``checkpoint-<step>``: what a job killed
+    there leaves behind (the trainer fetches the next batch only once the save is complete)."""
 
+    def __init__(self, examples, run_dir, step):
+        self.examples, self.checkpoint = examples, run_dir / f"checkpoint-{step}"
+
+    def __len__(self):
+        return len(self.examples)
+
+    def __getitem__(self, i):
+        if self.checkpoint.is_dir():
+            raise RuntimeError("killed")
+        return self.examples[i]
+
+
+RESUME_SETTINGS = {
+    "lr": 5e-3,
+    "scheduler": "linear",
+    "per_device_batch_size": 4,
+    "cutoff": 128,
+    "seed": 0,
+    "epochs": 1,
+    "progress": False,
+    "logging_steps": 1,
+}
+
+
+def _killed_run(base, examples, out, settings):
+    """A 12-step run killed right after its step-6 checkpoint: ``<out>.run/checkpoint-6`` is left."""
+    from scalediff.train import train
+
+    run_dir = out.with_name(out.name + ".run")
+    with pytest.raises(RuntimeError, match="killed"):
+        train(str(base), KilledAfterCheckpoint(examples, run_dir, 6), str(out), settings, max_steps=12, save_steps=6)
+    assert (run_dir / "checkpoint-6").is_dir() and not out.exists()
+    return run_dir
+
+
+@pytest.mark.slow
+def test_training_resumes_from_its_last_checkpoint(tmp_path, caplog):
+    """A killed run's checkpoint is picked up by the rerun with the same data and settings: it continues
+    from step 6 (the log says so), and its loss curve starts with the steps logged before the kill."""
     from transformers import AutoModelForCausalLM
 
     from scalediff.train import train
 
     base = build_tiny(tmp_path / "base")
     examples = [{"prompt": "<|im_start|>user\n", "response": f + "<|im_end|>\n"} for f in FACTS] * 4
-    settings = {
-        "lr": 5e-3,
-        "scheduler": "constant",
-        "per_device_batch_size": 4,
-        "cutoff": 128,
-        "seed": 0,
-        "epochs": 1,
-        "progress": False,
-        "logging_steps": 1,
-    }
-    # What a job killed after step 6 leaves behind: <output>.run/checkpoint-6.
-    train(str(base), examples, str(tmp_path / "partial"), settings, max_steps=6, save_steps=6, keep_run_dir=True)
-    (tmp_path / "model.run").mkdir()
-    shutil.copytree(tmp_path / "partial.run" / "checkpoint-6", tmp_path / "model.run" / "checkpoint-6")
-    stats = train(str(base), examples, str(tmp_path / "model"), settings, max_steps=12, save_steps=100)
-    assert stats["resumed_from"].endswith("checkpoint-6")
+    run_dir = _killed_run(base, examples, tmp_path / "model", RESUME_SETTINGS)
+    state = json.loads((run_dir / "checkpoint-6" / "trainer_state.json").read_text())
+    before = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert len(before) == 6
+    with caplog.at_level("INFO", logger="scalediff"):
+        stats = train(
+            str(base),
+            examples,
+            str(tmp_path / "model"),
+            RESUME_SETTINGS,
+            loss_csv=str(tmp_path / "loss.csv"),
+            max_steps=12,
+            save_steps=6,
+        )
+    assert stats["resumed_from"] == str(run_dir / "checkpoint-6")
+    assert f"resuming from {run_dir / 'checkpoint-6'}" in caplog.text and "discarding" not in caplog.text
     assert stats["steps"] == 12
-    assert not (tmp_path / "model.run").exists()  # cleaned once the model is in place
+    with open(tmp_path / "loss.csv") as fh:
+        curve = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(fh)]
+    assert [s for s, _ in curve] == list(range(1, 13))
+    assert [loss for _, loss in curve[:6]] == pytest.approx(before, rel=1e-6)
+    assert not run_dir.exists()  # cleaned once the model is in place
     AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", ["examples", "settings", "config_overrides"])
+def test_a_checkpoint_from_other_data_or_settings_is_not_resumed(tmp_path, caplog, change):
+    from scalediff.train import train
+
+    base = build_tiny(tmp_path / "base")
+    examples = [{"prompt": "<|im_start|>user\n", "response": f + "<|im_end|>\n"} for f in FACTS] * 4
+    run_dir = _killed_run(base, examples, tmp_path / "model", RESUME_SETTINGS)
+    settings, overrides = RESUME_SETTINGS, None
+    if change == "examples":
+        examples = [*examples[:-1], {"prompt": "<|im_start|>user\n", "response": "Find y.<|im_end|>\n"}]
+    elif change == "settings":
+        settings = {**RESUME_SETTINGS, "lr": 1e-3}
+    else:
+        overrides = {"rope_theta": 20000.0}
+    with caplog.at_level("INFO", logger="scalediff"):
+        stats = train(
+            str(base),
+            examples,
+            str(tmp_path / "model"),
+            settings,
+            config_overrides=overrides,
+            max_steps=12,
+            save_steps=100,
+            keep_run_dir=True,
+        )
+    assert stats["resumed_from"] is None and stats["steps"] == 12
+    assert f"discarding training checkpoints in {run_dir} (not resuming): {change} changed" in caplog.text
+    assert "resuming from" not in caplog.text
+    assert not list(run_dir.glob("checkpoint-6"))  # gone, so a later resume cannot pick it up
+
+
+def test_sft_cache_is_rebuilt_when_its_inputs_change(tmp_path, caplog):
+    """The memory-mapped Arrow cache of the SFT set is reused only for the same input files."""
+    from scalediff.records import PROBLEM_SCHEMA, write_rows
+    from scalediff.sft import DatasetExamples
+    from scalediff.train import examples_fingerprint
+
+    def write(solution):
+        row = {"id": "1", "problem": "Find x.", "solution": solution, "answer": None, "origin": "original"}
+        write_rows([{**row, "source": "t"}], tmp_path / "data.parquet", PROBLEM_SCHEMA)
+
+    cache = tmp_path / "model.run" / "datasets"
+    write("x = 1")
+    first = DatasetExamples([str(tmp_path / "data.parquet")], str(cache))
+    assert first[0]["response"].startswith("x = 1")
+    arrow = cache / "examples.arrow"
+    built = arrow.stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="scalediff"):
+        again = DatasetExamples([str(tmp_path / "data.parquet")], str(cache))
+    assert arrow.stat().st_mtime_ns == built and "discarding" not in caplog.text  # same inputs: reused
+    assert examples_fingerprint(again) == examples_fingerprint(first)
+
+    write("x = 2")  # the filter stage reran: same path, new data
+    with caplog.at_level("INFO", logger="scalediff"):
+        changed = DatasetExamples([str(tmp_path / "data.parquet")], str(cache))
+    assert changed[0]["response"].startswith("x = 2")
+    assert f"discarding SFT cache {arrow}: inputs changed" in caplog.text
+    assert examples_fingerprint(changed) != examples_fingerprint(first)  # and training will not resume
 
 
 def test_packing_fills_rows_without_exceeding_the_cutoff():
