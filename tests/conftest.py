@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = REPO / "config" / "data" / "pool"
 
-# Engine settings small enough for 2 cores / 1 GiB of KV cache.
-ENGINE = {"dtype": "float32", "max_model_len": 4096, "batch_size": 64, "cpu_kv_cache_gb": 1, "enforce_eager": True}
+# The engine settings the demo runs (config/config.yaml), so tests exercise them; only the KV
+# cache is capped (1 GiB) to fit a shared 2-core machine.
+ENGINE = {**yaml.safe_load((REPO / "config" / "config.yaml").read_text())["engine"]}
+ENGINE["cpu_kv_cache_gb"] = min(ENGINE.get("cpu_kv_cache_gb", 1), 1)
 ARCH = {
     "hidden_size": 64,
     "num_hidden_layers": 2,
@@ -21,6 +27,9 @@ ARCH = {
     "intermediate_size": 128,
     "max_position_embeddings": 4096,
 }
+
+log = logging.getLogger(__name__)
+CUTOFF = 256  # tokens of prompt + response that train_constant trains on
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -38,35 +47,103 @@ def build_tiny(path: Path, template: str = "qwen3", arch: str = "qwen3", rows: i
     return path
 
 
-def train_constant(base: Path, out: Path, response: str, template_user: str = "x") -> Path:
-    """Train ``base`` so that, whatever the prompt, it answers ``response`` (known behaviour)."""
+def _problems() -> list[str]:
+    from scalediff.tiny import read_corpus
+
+    return [r["problem"] for r in read_corpus([str(POOL / "aime_1983_2023.jsonl"), str(POOL / "math_train.jsonl")])]
+
+
+def constant_behaviour_error(model_dir: Path, response: str, prompts: Sequence[str], min_prob: float) -> str | None:
+    """Why ``model_dir`` does not answer ``response`` to every user prompt, or None if it does.
+
+    Greedy generation (transformers) must reproduce the response token for token, and every one of
+    its tokens must have probability >= ``min_prob``, so sampling at the tests' temperatures and
+    top_p (T <= 1, top_p <= min_prob) gives the same text.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    target = tok.encode(response, add_special_tokens=False)
+    for user in prompts:
+        text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+        ids = tok.encode(text, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor([ids]), max_new_tokens=len(target), do_sample=False, pad_token_id=tok.pad_token_id
+            )
+            logits = model(torch.tensor([ids + target])).logits[0, len(ids) - 1 : -1]
+        got = out[0, len(ids) :].tolist()
+        probs = logits.float().softmax(-1)[torch.arange(len(target)), torch.tensor(target)]
+        if got != target or float(probs.min()) < min_prob:
+            return (
+                f"prompt {user[:40]!r}: greedy output {tok.decode(got)!r} (wanted {response!r}), "
+                f"lowest target-token probability {float(probs.min()):.3f} (wanted >= {min_prob})"
+            )
+    return None
+
+
+def train_constant(
+    base: Path,
+    out: Path,
+    response: str,
+    prompts: Sequence[str] | None = None,
+    check_prompts: Sequence[str] = (),
+    rounds: int = 6,
+    steps: int = 40,
+    lr: float = 1e-2,
+    min_prob: float = 0.9,
+) -> Path:
+    """Train ``base`` so that, whatever the prompt, it answers ``response`` — and check that it does.
+
+    A fixed number of steps is not a guarantee (40 steps at a constant 1e-2 once ended at loss 0.46
+    without the response). So: train in rounds of ``steps`` steps, each continuing from the last with
+    half the learning rate (linear decay within a round, so every round ends stable); after each round
+    check the behaviour (``constant_behaviour_error``) on held-out prompts plus ``check_prompts``;
+    stop when it holds, fail naming what the model said after ``rounds`` rounds.
+    ``prompts`` are the user messages trained on (default: pool problems); only those that fit in
+    ``CUTOFF`` tokens with the response are used, so the guarantee holds for prompts of that size.
+    """
     from transformers import AutoTokenizer
 
-    from scalediff.tiny import read_corpus
     from scalediff.train import train
 
     tok = AutoTokenizer.from_pretrained(base)
-    corpus = read_corpus([str(POOL / "aime_1983_2023.jsonl"), str(POOL / "math_train.jsonl")])[::40]
-    examples = [
-        {
-            "prompt": tok.apply_chat_template(
-                [{"role": "user", "content": r["problem"]}], tokenize=False, add_generation_prompt=True
-            ),
-            "response": response,
+
+    def chat(user: str) -> str:
+        return tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+
+    def fits(user: str) -> bool:
+        return len(tok.encode(chat(user) + response, add_special_tokens=False)) <= CUTOFF
+
+    problems = _problems()
+    users = list(prompts) if prompts is not None else problems[::40]
+    held_out = [*[p for p in problems[20::40] if fits(p)][:3], "What is 2+3?", *check_prompts]
+    examples = [{"prompt": chat(u), "response": response} for u in users if fits(u)]
+    current, error = base, None
+    for k in range(rounds):
+        settings = {
+            "lr": lr / 2**k,
+            "scheduler": "linear",
+            "per_device_batch_size": 16,
+            "cutoff": CUTOFF,
+            "seed": k,
+            "epochs": 1,
+            "progress": False,
         }
-        for r in corpus
-    ]
-    settings = {
-        "lr": 1e-2,
-        "scheduler": "constant",
-        "per_device_batch_size": 16,
-        "cutoff": 256,
-        "seed": 0,
-        "epochs": 1,
-        "progress": False,
-    }
-    train(str(base), examples, str(out), settings, max_steps=40)
-    return out
+        step_dir = out.with_name(f"{out.name}.round{k}")
+        train(str(current), examples, str(step_dir), settings, max_steps=steps)
+        if current != base:
+            shutil.rmtree(current)
+        current = step_dir
+        error = constant_behaviour_error(current, response, held_out, min_prob)
+        log.info("train_constant %s, round %d: %s", out.name, k, error or "has the behaviour")
+        if error is None:
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(current, out)
+            return out
+    raise AssertionError(f"train_constant: no constant {response!r} after {rounds} rounds of {steps} steps: {error}")
 
 
 @pytest.fixture(scope="session")

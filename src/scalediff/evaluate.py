@@ -1,10 +1,10 @@
 """Eval stage: lighteval tasks and metric, generation through the project's engine (SPEC §6).
 
 One process evaluates one (model, benchmark): the engine is loaded once and every seed runs a
-lighteval ``Pipeline`` over it. lighteval provides the task plumbing, reasoning-tag removal and
-the extractive-match metric; generation goes through ``scalediff.engine.Engine`` because
-lighteval's own vLLM backend pins an old vllm. The benchmark JSONL is copied to a temp dir as
-``test.jsonl`` since lighteval only reads local data from a directory.
+lighteval ``Pipeline`` over it. lighteval provides the task plumbing, reasoning-tag removal (config
+``eval.remove_reasoning_tags``) and the extractive-match metric; generation goes through
+``scalediff.engine.Engine`` because lighteval's own vLLM backend pins an old vllm. The benchmark
+JSONL is copied to a temp dir as ``test.jsonl`` since lighteval only reads local data from a directory.
 
     python -m scalediff.evaluate --model PATH --model-name NAME --benchmark NAME --data JSONL \\
         --seeds N [--limit L] --output JSON --details PARQUET --settings JSON
@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 TASK_SUFFIX = "_sd"  # custom task names must not collide with lighteval's built-ins
 METRIC_NAME = "extractive_match"
-# --remove-reasoning-tags: lighteval strips a block only when both tags are in the output.
+# --remove-reasoning-tags: lighteval strips a block only when both tags are in the output. On by
+# default (config eval.remove_reasoning_tags): a box drafted inside the reasoning is not the answer.
 REASONING_TAGS = [("<think>", "</think>")]
 
 
@@ -101,11 +102,11 @@ def task_config(benchmark: str, data_dir: str, instruction: str, max_new_tokens:
     )
 
 
-def score_with_metric(completion: str, gold: str) -> bool:
-    """Score one completion exactly as the pipeline does: tag removal, then the task's metric."""
+def score_with_metric(completion: str, gold: str, remove_reasoning: bool = True) -> bool:
+    """Score one completion exactly as the pipeline does: tag removal (if on), then the task's metric."""
     doc = make_doc({"id": "x", "problem": "", "answer": gold, "__index": 0}, "score", "")
-    text = remove_reasoning_tags(completion, REASONING_TAGS)
-    response = ModelResponse(text=[completion], text_post_processed=[text])
+    text = remove_reasoning_tags(completion, REASONING_TAGS) if remove_reasoning else None
+    response = ModelResponse(text=[completion], text_post_processed=[text] if remove_reasoning else None)
     return bool(extractive_match().sample_level_fn.compute(doc, response))
 
 
@@ -203,7 +204,9 @@ def write_test_split(rows: list[dict[str, Any]], directory: str) -> None:
             fh.write(json.dumps({"id": str(row["id"]), "problem": row["problem"], "answer": str(row["answer"])}) + "\n")
 
 
-def run_seed(model: EngineModel, config: LightevalTaskConfig, seed: int, workdir: str) -> list[dict[str, Any]]:
+def run_seed(
+    model: EngineModel, config: LightevalTaskConfig, seed: int, workdir: str, remove_reasoning: bool = True
+) -> list[dict[str, Any]]:
     """One lighteval pipeline run; returns one details row per problem."""
     model.seed = seed
     module = types.ModuleType("scalediff_eval_tasks")
@@ -211,7 +214,7 @@ def run_seed(model: EngineModel, config: LightevalTaskConfig, seed: int, workdir
     params = PipelineParameters(
         launcher_type=ParallelismManager.CUSTOM,
         custom_tasks_directory=module,  # Registry accepts a module object here
-        remove_reasoning_tags=True,
+        remove_reasoning_tags=remove_reasoning,
         reasoning_tags=REASONING_TAGS,
         bootstrap_iters=0,  # stderr over problems is not the seed std we report
     )
@@ -226,6 +229,7 @@ def run_seed(model: EngineModel, config: LightevalTaskConfig, seed: int, workdir
     for detail in pipeline.get_details()[full_name]:
         spec = detail.doc.specific
         run = model.last_run[spec["id"]]
+        boxed = answers.extract_boxed(detail.model_response.final_text[0])  # the text the metric read
         rows.append(
             {
                 "id": spec["id"],
@@ -236,7 +240,7 @@ def run_seed(model: EngineModel, config: LightevalTaskConfig, seed: int, workdir
                 "finish_reason": run["finish_reason"],
                 "completion_tokens": run["completion_tokens"],
                 "gold": spec["answer"],
-                "prediction": answers.final_answer(detail.model_response.text[0]),
+                "prediction": boxed[-1].strip() if boxed else None,
                 "extracted": [str(p) for p in spec.get("extracted_predictions", [])],
                 "correct": bool(detail.metric[METRIC_NAME]),
             }
@@ -275,6 +279,7 @@ def evaluate(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Evaluate one model on one benchmark over seeds ``0..n_seeds-1``; returns (summary, details)."""
     eval_cfg, engine_cfg = settings["eval"], settings["engine"]
+    remove_reasoning = bool(eval_cfg.get("remove_reasoning_tags", True))
     with open(data, encoding="utf-8") as fh:
         problems = [json.loads(line) for line in fh if line.strip()]
     if limit is not None:
@@ -299,11 +304,13 @@ def evaluate(
         task = task_config(benchmark, data_dir, eval_cfg["instruction"], eval_cfg["max_new_tokens"])
         for seed in seeds:
             t0 = time.time()
-            seed_rows = run_seed(model, task, seed, workdir)
+            seed_rows = run_seed(model, task, seed, workdir, remove_reasoning)
             acc = 100.0 * float(np.mean([r["correct"] for r in seed_rows]))
             log.info("%s on %s, seed %d: %.2f%% (%.1fs)", model_name, benchmark, seed, acc, time.time() - t0)
             rows.extend(seed_rows)
-    return summarize(model_name, benchmark, seeds, rows), rows
+    summary = summarize(model_name, benchmark, seeds, rows)
+    summary["remove_reasoning_tags"] = remove_reasoning
+    return summary, rows
 
 
 def main(argv: list[str] | None = None) -> None:
