@@ -178,7 +178,8 @@ def _run(
     def to_rows(job, comps):
         return [{"sample": s, "text": c.text, "v": job.payload["v"], "mark": identity} for s, c in enumerate(comps)]
 
-    return run_shard(engine, jobs, sampling, to_rows, str(out), base_seed=base_seed, batch_size=4, identity=identity)
+    extra = {"identity": identity} if identity is not None else {}  # the callers' default: none
+    return run_shard(engine, jobs, sampling, to_rows, str(out), base_seed=base_seed, batch_size=4, **extra)
 
 
 CHANGES = {
@@ -199,10 +200,10 @@ def test_kill_change_a_setting_rerun_equals_a_clean_run_with_the_new_setting(eng
     assert len(_checkpoint_rows(out)) == 5 * SAMPLING["n"]
     with caplog.at_level("INFO", logger="scalediff"):
         rows = _run(engine, out, **new)
+    assert rows == _run(engine, tmp_path / "clean.parquet", **new)
     assert "already done" not in caplog.text
     if reason:
         assert f"discarding checkpoint {ShardCheckpoint(out).path}: {reason}" in caplog.text
-    assert rows == _run(engine, tmp_path / "clean.parquet", **new)
 
 
 @pytest.mark.slow

@@ -192,7 +192,6 @@ def test_sft_cache_is_rebuilt_when_its_inputs_change(tmp_path, caplog):
     """The memory-mapped Arrow cache of the SFT set is reused only for the same input files."""
     from scalediff.records import PROBLEM_SCHEMA, write_rows
     from scalediff.sft import DatasetExamples
-    from scalediff.train import examples_fingerprint
 
     def write(solution):
         row = {"id": "1", "problem": "Find x.", "solution": solution, "answer": None, "origin": "original"}
@@ -207,14 +206,16 @@ def test_sft_cache_is_rebuilt_when_its_inputs_change(tmp_path, caplog):
     with caplog.at_level("INFO", logger="scalediff"):
         again = DatasetExamples([str(tmp_path / "data.parquet")], str(cache))
     assert arrow.stat().st_mtime_ns == built and "discarding" not in caplog.text  # same inputs: reused
-    assert examples_fingerprint(again) == examples_fingerprint(first)
 
     write("x = 2")  # the filter stage reran: same path, new data
     with caplog.at_level("INFO", logger="scalediff"):
         changed = DatasetExamples([str(tmp_path / "data.parquet")], str(cache))
     assert changed[0]["response"].startswith("x = 2")
     assert f"discarding SFT cache {arrow}: inputs changed" in caplog.text
-    assert examples_fingerprint(changed) != examples_fingerprint(first)  # and training will not resume
+    from scalediff.train import examples_fingerprint
+
+    # the training set's identity follows: training resumes on the same inputs only
+    assert examples_fingerprint(again) == examples_fingerprint(first) != examples_fingerprint(changed)
 
 
 def test_packing_fills_rows_without_exceeding_the_cutoff():
