@@ -98,6 +98,12 @@ OVERRIDES: tuple[Override, ...] = (
     Override(("sft", "launch", "nodes"), 1, _NO_GPU),
     Override(("sft", "launch", "gpus_per_node"), 0, _NO_GPU),
     Override(("sft", "require_cuda"), False, _CPU),
+    Override(
+        ("plan", "enforce"),
+        False,
+        "the plan is of the paper's GPU run (the twins' real dimensions), whose launch the rehearsal overrides"
+        " for CPU: written and reported, not enforced",
+    ),
 )
 
 # The twins' shaping (how each tiny model learns its output shape), by the role the model plays.
