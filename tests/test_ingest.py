@@ -280,3 +280,24 @@ def test_ingest_memory_is_flat_in_the_pool_size(tmp_path):
         assert json.loads((out / "summary.json").read_text())["kept"] == rows
         src.unlink()
     assert peaks[8000] <= 1.3 * peaks[2000], f"peak RSS {peaks} MB"
+
+
+def test_duplicates_keep_keeps_every_row_with_unique_ids(tmp_path):
+    """`pool.duplicates: keep` (the reference keeps all 558,129 rows): repeats stay, ids stay unique."""
+    src = tmp_path / "pool.jsonl"
+    rows = [{"problem": "Find x."}, {"problem": "Other?"}, {"problem": "Find  x."}, {"problem": " Find x.\n"}]
+    _write(src, rows)
+    source = {"name": "am", "path": str(src), "format": "flat"}
+    kept, dropped = tmp_path / "keep", tmp_path / "drop"
+    _run(kept, {"seed": 0, "pool": {"duplicates": "keep", "sources": [source]}})
+    _run(dropped, {"seed": 0, "pool": {"sources": [source]}})
+    pool = read_rows(kept / "pool.parquet")
+    first = problem_id("Find x.")
+    assert [p["id"] for p in pool] == [first, problem_id("Other?"), f"{first}-2", f"{first}-3"]
+    assert [p["problem"] for p in pool] == [r["problem"] for r in rows]  # every row, in order
+    assert read_rows(kept / "rejects.parquet") == []
+    summary = json.loads((kept / "summary.json").read_text())["sources"]["am"]
+    assert (summary["unique"], summary["duplicates_kept"], summary["kept"]) == (2, 2, 4)
+    # the default drops them, each quarantined as a duplicate
+    assert [p["id"] for p in read_rows(dropped / "pool.parquet")] == [first, problem_id("Other?")]
+    assert len(read_rows(dropped / "rejects.parquet")) == 2

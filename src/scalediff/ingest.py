@@ -300,6 +300,8 @@ def ingest(config: dict[str, Any], pool_path: str | Path, rejects_path: str | Pa
     rng = random.Random(config["seed"])
     sources = config["pool"]["sources"]
     seen: dict[int, int] = {}  # 64-bit id digest -> index of the first source that had the problem
+    keep_duplicates = config["pool"].get("duplicates", "drop") == "keep"
+    repeats: dict[int, int] = {}  # digest -> occurrences so far, for kept repeats only
     summary: dict[str, Any] = {"sources": {}}
     with contextlib.ExitStack() as stack:
         pool = _ParquetRows(stack, pool_path, PROBLEM_SCHEMA)
@@ -307,7 +309,7 @@ def ingest(config: dict[str, Any], pool_path: str | Path, rejects_path: str | Pa
         for index, source in enumerate(sources):
             staged = _Staging(Path(pool_path).parent) if source.get("sample") else None
             reasons: Counter[str] = Counter()
-            records = unique = 0
+            records = unique = repeats_kept = 0
             for n, (row, rec, bad) in enumerate(iter_source(source), start=1):
                 if n % LOG_EVERY == 0:
                     log.info("ingest %s: %d rows read", source["name"], n)
@@ -317,7 +319,12 @@ def ingest(config: dict[str, Any], pool_path: str | Path, rejects_path: str | Pa
                     continue
                 records += 1
                 digest = int(rec["id"][2:], 16)
-                if digest in seen:
+                if digest in seen and keep_duplicates:
+                    # The reference keeps every row: a repeat stays, with an id still unique.
+                    repeats[digest] = repeats.get(digest, 1) + 1
+                    rec["id"] = f"{rec['id']}-{repeats[digest]}"
+                    repeats_kept += 1
+                elif digest in seen:
                     reasons["duplicate"] += 1
                     rejects.add(
                         {
@@ -331,7 +338,7 @@ def ingest(config: dict[str, Any], pool_path: str | Path, rejects_path: str | Pa
                         }
                     )
                     continue
-                seen[digest] = index
+                seen.setdefault(digest, index)
                 unique += 1
                 if staged is None:
                     pool.add(rec)
@@ -348,9 +355,11 @@ def ingest(config: dict[str, Any], pool_path: str | Path, rejects_path: str | Pa
             summary["sources"][source["name"]] = {
                 "read": records + sum(n for r, n in reasons.items() if r != "duplicate"),
                 "rejected": dict(reasons),
-                "unique": unique,
+                "unique": unique - repeats_kept,
                 "kept": kept,
             }
+            if keep_duplicates:  # pool.duplicates: keep (the reference keeps every row)
+                summary["sources"][source["name"]]["duplicates_kept"] = repeats_kept
             log.info("ingest %s: %s", source["name"], summary["sources"][source["name"]])
         pool.flush()
         rejects.flush()
