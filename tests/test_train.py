@@ -383,3 +383,63 @@ def test_token_lengths_match_the_tokenization_used_in_training(tmp_path):
     assert prompt[0] > 5 and response[-1] == 0 and prompt[-2] == 0
     pair = tokenize_pair(tok, examples[0]["prompt"], examples[0]["response"], cutoff=10_000)
     assert len(pair["input_ids"]) == prompt[0] + response[0]
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
+    """Non-reentrant activation recomputation changes memory, not the training: the same packed run with
+    and without it logs the same losses step by step (and checkpointing really is switched on)."""
+    from scalediff.train import train
+
+    base = build_tiny(tmp_path / "base")
+    examples = [{"prompt": "<|im_start|>user\n", "response": f + "<|im_end|>\n"} for f in FACTS] * 4
+    curves = {}
+    for gc in (False, True):
+        settings = {**RESUME_SETTINGS, "packing": True, "gradient_checkpointing": gc, "attn_implementation": "sdpa"}
+        train(
+            str(base), examples, str(tmp_path / f"gc-{gc}"), settings, loss_csv=str(tmp_path / f"{gc}.csv"), max_steps=4
+        )
+        with open(tmp_path / f"{gc}.csv") as fh:
+            curves[gc] = [float(r["loss"]) for r in csv.DictReader(fh)]
+    assert len(curves[True]) == 4
+    assert curves[True] == pytest.approx(curves[False], rel=1e-5)
+
+
+def test_gradient_checkpointing_is_on_in_the_trained_model(tmp_path, monkeypatch):
+    """The setting reaches the model: the Trainer enables (non-reentrant) checkpointing on it."""
+    import transformers
+
+    from scalediff.train import train
+
+    seen = {}
+    original = transformers.PreTrainedModel.gradient_checkpointing_enable
+
+    def spy(self, gradient_checkpointing_kwargs=None, **kwargs):  # records, then the real method runs
+        original(self, gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs)
+        seen["kwargs"], seen["on"] = gradient_checkpointing_kwargs, self.is_gradient_checkpointing
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "gradient_checkpointing_enable", spy)
+    base = build_tiny(tmp_path / "base")
+    examples = [{"prompt": "<|im_start|>user\n", "response": f + "<|im_end|>\n"} for f in FACTS]
+    settings = {**RESUME_SETTINGS, "gradient_checkpointing": True}
+    train(str(base), examples, str(tmp_path / "model"), settings, max_steps=1)
+    assert seen == {"kwargs": {"use_reentrant": False}, "on": True}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("attn_implementation", "flash_attention_2", "flash_attention_2 needs"),
+        ("liger_kernel", True, "liger-kernel package is not installed"),
+    ],
+)
+def test_kernels_this_machine_cannot_run_fail_at_start(tmp_path, key, value, message):
+    """Requested GPU kernels without their package (or without CUDA) stop the run before any work."""
+    import importlib.util
+
+    from scalediff.train import train
+
+    if key == "liger_kernel" and importlib.util.find_spec("liger_kernel") is not None:
+        pytest.skip("liger-kernel is installed here")
+    with pytest.raises(RuntimeError, match=message):
+        train("/nonexistent-model", [], str(tmp_path / "model"), {**RESUME_SETTINGS, key: value})

@@ -41,6 +41,8 @@ _POOL = "config/data/pool"
 _NO_GPU = "no GPU here: one CPU process (DeepSpeed and bf16 stay the paper's)"
 _COUNT = "count: small enough for 2 CPU cores"
 _CPU = "the rehearsal runs the GPU rules on CPU"
+_FA2 = "flash-attn is CUDA-only: sdpa on CPU (packed rows through their block-diagonal mask)"
+_LIGER = "liger-kernel's Triton kernels need a GPU: the plain loss on CPU"
 
 OVERRIDES: tuple[Override, ...] = (
     Override(("results",), "results/rehearsal", "keeps the rehearsal's outputs apart from the embedded default's"),
@@ -89,6 +91,8 @@ OVERRIDES: tuple[Override, ...] = (
     Override(("engine", "require_cuda"), False, _CPU),
     Override(("diffgen", "train", "launch", "gpus_per_node"), 0, _NO_GPU),
     Override(("diffgen", "train", "require_cuda"), False, _CPU),
+    Override(("diffgen", "train", "attn_implementation"), "sdpa", _FA2),
+    Override(("diffgen", "train", "liger_kernel"), False, _LIGER),
     Override(("diffgen", "sample", "n_problems"), 48, _COUNT),
     Override(("diffgen", "sample", "shards"), 2, _COUNT),
     Override(("distill", "shards"), 2, _COUNT),
@@ -98,6 +102,8 @@ OVERRIDES: tuple[Override, ...] = (
     Override(("sft", "launch", "nodes"), 1, _NO_GPU),
     Override(("sft", "launch", "gpus_per_node"), 0, _NO_GPU),
     Override(("sft", "require_cuda"), False, _CPU),
+    Override(("sft", "attn_implementation"), "sdpa", _FA2),
+    Override(("sft", "liger_kernel"), False, _LIGER),
     Override(
         ("plan", "enforce"),
         False,

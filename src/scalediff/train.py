@@ -15,6 +15,10 @@ import json
 import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -177,8 +181,19 @@ class FlatCollator:
         return batch
 
 
-def load_model(path: str, config_overrides: dict[str, Any] | None = None, trust_remote_code: bool = False):
-    """Load a causal LM; overrides (e.g. the student's RoPE edit) go to a copy of its config."""
+def load_model(
+    path: str,
+    config_overrides: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    bf16: bool = False,
+):
+    """Load a causal LM; overrides (e.g. the student's RoPE edit) go to a copy of its config.
+
+    ``bf16`` loads the weights in bfloat16 (half the host and GPU memory of fp32 while loading; the
+    optimizer keeps its own fp32 master copy under DeepSpeed).
+    """
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -186,7 +201,93 @@ def load_model(path: str, config_overrides: dict[str, Any] | None = None, trust_
         if key == "rope_theta" and isinstance(getattr(config, "rope_parameters", None), dict):
             config.rope_parameters = {**config.rope_parameters, "rope_theta": value}
         setattr(config, key, value)
-    return AutoModelForCausalLM.from_pretrained(path, config=config, trust_remote_code=trust_remote_code)
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16} if bf16 else {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    return AutoModelForCausalLM.from_pretrained(path, config=config, trust_remote_code=trust_remote_code, **kwargs)
+
+
+def check_kernels(settings: Mapping[str, Any], what: str) -> None:
+    """Fail at start, saying why, when the settings ask for kernels this machine cannot run
+    (not after the tokenization pass and model load, nor by silently falling back)."""
+    import importlib.util
+
+    import torch
+
+    if settings.get("attn_implementation") == "flash_attention_2":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"{what}: attn_implementation flash_attention_2 needs a CUDA device; none is usable")
+        if importlib.util.find_spec("flash_attn") is None:
+            raise RuntimeError(
+                f"{what}: attn_implementation flash_attention_2 needs the flash-attn package, which is not installed"
+                " (install the GPU environment, or set attn_implementation: sdpa)"
+            )
+    if settings.get("liger_kernel") and importlib.util.find_spec("liger_kernel") is None:
+        raise RuntimeError(
+            f"{what}: liger_kernel is true but the liger-kernel package is not installed"
+            " (install the GPU environment, or set liger_kernel: false)"
+        )
+
+
+# Exit status of a run that stopped at a segment's end (EX_TEMPFAIL): checkpoint saved, rerun to continue.
+SEGMENT_EXIT = 75
+
+
+class SegmentClock:
+    """Saves by time as well as by steps, and ends a segment on SIGUSR1 (SLURM's warning before the
+    time limit, ``--signal=USR1@<s>``) or after ``segment_minutes``: the step in progress finishes, a
+    checkpoint is saved and training stops. Every rank decides together (one all-reduce per step) so
+    no rank stops stepping while the others wait in a collective."""
+
+    def __init__(self, save_every_minutes: float | None, segment_minutes: float | None):
+        self.save_every = save_every_minutes * 60 if save_every_minutes else None
+        self.segment = segment_minutes * 60 if segment_minutes else None
+        self.started = self.last_save = time.monotonic()
+        self.signalled = False
+        self.ended = False
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+
+    def _agree(self, save: bool, stop: bool) -> tuple[bool, bool]:
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return save, stop
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        flags = torch.tensor([int(save), int(stop)], device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1])
+
+    def step_end(self, control: Any) -> None:
+        now = time.monotonic()
+        save = self.save_every is not None and now - self.last_save >= self.save_every
+        stop = self.signalled or (self.segment is not None and now - self.started >= self.segment)
+        save, stop = self._agree(save, stop)
+        if save or stop:
+            control.should_save = True
+        if stop:
+            control.should_training_stop = True
+            self.ended = True
+
+    def saved(self) -> None:
+        self.last_save = time.monotonic()
+
+
+def end_segment(run_dir: Path, step: int, requeue: bool) -> None:
+    """Leave after a segment's checkpoint: under SLURM (``requeue``) rank 0 puts this job back in the
+    queue, where the same job, rerun, resumes from the checkpoint; elsewhere the exit status
+    ``SEGMENT_EXIT`` says to rerun."""
+    job = os.environ.get("SLURM_JOB_ID")
+    log.warning("segment ended at step %d: checkpoint saved in %s; a rerun resumes from it", step, run_dir)
+    if requeue and job and is_main_process():
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        if done.returncode == 0:
+            log.warning("requeued SLURM job %s", job)
+        else:
+            log.error("scontrol requeue %s failed (%s): rerun the workflow to continue", job, done.stderr.strip())
+    sys.exit(SEGMENT_EXIT)
 
 
 def examples_fingerprint(examples: Sequence[Mapping[str, str]]) -> str:
@@ -243,7 +344,15 @@ def _last_checkpoint(run_dir: Path, made_by: Fingerprint) -> str | None:
 
 
 # Settings that change nothing in the trained weights: a run resumes across them.
-NOT_IN_FINGERPRINT = ("progress", "logging_steps", "launch")
+NOT_IN_FINGERPRINT = (
+    "progress",
+    "logging_steps",
+    "launch",
+    "save_every_minutes",
+    "segment_minutes",
+    "requeue",
+    "ddp_timeout",
+)
 
 
 def train(
@@ -263,7 +372,7 @@ def train(
     the last one. The finished model appears at ``output_dir`` atomically (rename of a temp dir).
     """
     import torch
-    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     class _Trainer(Trainer):
@@ -278,6 +387,16 @@ def train(
             return super()._get_train_sampler(train_dataset)
 
     require_cuda(f"training {output_dir}", settings)
+    check_kernels(settings, f"training {output_dir}")
+    clock = SegmentClock(settings.get("save_every_minutes"), settings.get("segment_minutes"))
+
+    class _Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.step_end(control)
+
+        def on_save(self, args, state, control, **kwargs):
+            clock.saved()
+
     trust = bool(settings.get("trust_remote_code", False))
     tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust)
     if tokenizer.pad_token is None:
@@ -286,6 +405,10 @@ def train(
     run_dir = Path(f"{output_dir}.run")
     use_cuda = torch.cuda.is_available()
     packing = bool(settings.get("packing", False))
+    bf16 = bool(settings.get("bf16", False))
+    # group_by_length: batches of similar length (padding makes CPU steps 3-7x slower); the reference's
+    # DiffGen run samples at random (config: false).
+    grouped = bool(settings.get("group_by_length", True))
     args = TrainingArguments(
         output_dir=str(run_dir),
         num_train_epochs=float(settings.get("epochs", 1)),
@@ -296,12 +419,16 @@ def train(
         weight_decay=float(settings.get("weight_decay", 0.0)),
         per_device_train_batch_size=int(settings["per_device_batch_size"]),
         gradient_accumulation_steps=int(settings.get("grad_accum", 1)),
-        bf16=bool(settings.get("bf16", False)),
+        bf16=bf16,
         seed=int(settings.get("seed", 42)),
         data_seed=int(settings.get("seed", 42)),
         use_cpu=not use_cuda,
         deepspeed=settings.get("deepspeed") or None,
-        train_sampling_strategy="group_by_length",  # batches of similar length: padding makes CPU steps 3-7x slower
+        train_sampling_strategy="group_by_length" if grouped else "random",
+        gradient_checkpointing=bool(settings.get("gradient_checkpointing", False)),
+        gradient_checkpointing_kwargs={"use_reentrant": False},  # as the reference (LLaMA-Factory)
+        use_liger_kernel=bool(settings.get("liger_kernel", False)),
+        ddp_timeout=int(settings.get("ddp_timeout", 180000000)),  # the reference's: no rank times out waiting
         logging_steps=int(settings.get("logging_steps", 5)),
         save_strategy="steps",
         save_steps=save_steps,
@@ -336,7 +463,10 @@ def train(
         examples, tokenizer, cutoff, groups, [int(lengths[g].sum()) for g in groups], packed=packing
     )
 
-    model = load_model(base_model, config_overrides, trust)
+    # flash_attention_2 takes a packed row's restarting position_ids as separate sequences (varlen
+    # kernels, no mask); sdpa/eager build its block-diagonal (tokens x tokens) mask.
+    attn = settings.get("attn_implementation")
+    model = load_model(base_model, config_overrides, trust, attn_implementation=attn, bf16=bf16)
     trainer = _Trainer(
         model=model,
         args=args,
@@ -344,6 +474,7 @@ def train(
         data_collator=FlatCollator()
         if packing
         else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE),
+        callbacks=[_Clock()],
     )
     made_by = Fingerprint(
         model=model_id,
@@ -357,9 +488,18 @@ def train(
     if resume:
         log.info("resuming from %s", resume)
     # An engine loaded earlier in the same process (vLLM) may have switched autograd off globally.
-    with torch.enable_grad():
-        result = trainer.train(resume_from_checkpoint=resume)
+    # Signal handlers can only be set from the main thread (a caller's worker thread trains without).
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGUSR1, clock.on_signal) if in_main else None
+    try:
+        with torch.enable_grad():
+            result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGUSR1, previous)
     history = trainer.state.log_history
+    if clock.ended and trainer.state.global_step < trainer.state.max_steps:
+        end_segment(run_dir, trainer.state.global_step, bool(settings.get("requeue", True)))
 
     out = Path(output_dir)
     tmp = out.with_name(out.name + ".tmp")
