@@ -25,8 +25,13 @@ def _workdir(tmp_path: Path, config_name: str, edit=None) -> Path:
 
 
 def _dry_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return _snakemake(workdir, "-n", "--cores", "2", *args)
+
+
+def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """Snakemake in ``workdir``, offline, with a clean environment (nothing from the caller's)."""
     return subprocess.run(
-        [*SNAKEMAKE, "-n", "--cores", "2", *args],
+        [*SNAKEMAKE, *args],
         cwd=workdir,
         capture_output=True,
         text=True,

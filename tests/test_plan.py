@@ -4,12 +4,11 @@ fails the plan, naming the rule, the need and the limit; the same config passes 
 import copy
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from test_config import REPO, SNAKEMAKE, _workdir
+from test_config import REPO, _dry_run, _snakemake, _workdir
 
 from scalediff import plan
 
@@ -229,14 +228,7 @@ def test_activation_bytes_per_layer_match_what_autograd_keeps(arch, attn):
 
 
 def _rulegraph_roots(workdir: Path, *args: str) -> tuple[set[str], str]:
-    res = subprocess.run(
-        [*SNAKEMAKE, "--rulegraph", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(workdir)},
-        timeout=300,
-    )
+    res = _snakemake(workdir, "--rulegraph", *args)
     assert res.returncode == 0, res.stderr[-3000:]
     names = dict(re.findall(r'^\s*(\d+)\[label = "([^"]+)"', res.stdout, re.M))
     targets = {b for _, b in re.findall(r"^\s*(\d+) -> (\d+)", res.stdout, re.M)}
@@ -251,14 +243,7 @@ def test_preflight_comes_first_in_the_dag(tmp_path, config):
     args = ["--configfile", f"config/{config}"] if config != "config.yaml" else []
     roots, _ = _rulegraph_roots(workdir, *args)
     assert roots - {"download_model", "download_dataset", "twin_model"} == {"preflight"}
-    res = subprocess.run(
-        [*SNAKEMAKE, "-n", "--cores", "2", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(workdir)},
-        timeout=300,
-    )
+    res = _dry_run(workdir, *args)
     assert res.returncode == 0, res.stderr[-3000:]
     assert re.search(r"^(local)?checkpoint preflight:", res.stdout, re.M)
     assert re.search(r"^preflight\s+1$", res.stdout, re.M)  # in the job stats

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from scalediff import tiny
+from scalediff.rehearsal import TWINS_BLOCK
 
 REPO = Path(__file__).resolve().parents[1]
 FACTS = REPO / "config" / "twins"
@@ -19,14 +20,7 @@ PAPER_MODELS = [
     "Qwen/Qwen2.5-Math-7B-Instruct",
     "QizhiPei/ScaleDiff-7B",
 ]
-ARCH = {
-    "hidden_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 32,
-    "intermediate_size": 256,
-}
+ARCH = TWINS_BLOCK["architecture"]  # the twins' tiny dimensions, as the rehearsal builds them
 QUESTION = [{"role": "user", "content": "What is 1+1?"}]
 
 
