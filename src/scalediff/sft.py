@@ -81,20 +81,48 @@ class DatasetExamples(Sequence):
         return {"prompt": USER.format(problem=row["problem"]), "response": row["solution"] + END}
 
 
+LENGTHS = "token_lengths.npz"
+
+
+def prepare(paths: list[str], base_model: str, data_dir: str, trust_remote_code: bool = False) -> dict[str, int]:
+    """The training job's data, built on a CPU node before it starts: the Arrow file (with its
+    fingerprint) and every example's token lengths, in ``data_dir``. The GPU job then only maps them
+    (no rank converting or tokenizing while the others wait on a barrier)."""
+    from transformers import AutoTokenizer
+
+    from scalediff.train import cached_lengths, lengths_fingerprint
+
+    examples = DatasetExamples(paths, cache_dir=data_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+    prompt, response = cached_lengths(
+        Path(data_dir) / LENGTHS, tokenizer, examples, lengths_fingerprint(base_model, examples)
+    )
+    return {"rows": examples.n_rows, "examples": len(examples), "tokens": int(prompt.sum() + response.sum())}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Fine-tune the student on the final dataset.")
     ap.add_argument("--data", nargs="+", required=True, help="dataset Parquet files (original, generated)")
     ap.add_argument("--base-model", required=True)
-    ap.add_argument("--output", required=True)
-    ap.add_argument("--loss-csv", required=True)
-    ap.add_argument("--summary", required=True)
+    ap.add_argument("--prepared", help="data folder of `--prepare` (Arrow file + token lengths) to map")
+    ap.add_argument("--prepare", metavar="DIR", help="only build the data folder DIR (a CPU job) and exit")
+    ap.add_argument("--output")
+    ap.add_argument("--loss-csv")
+    ap.add_argument("--summary")
     cli.add_settings_argument(ap)
     args = ap.parse_args(argv)
     cli.setup_logging()
     settings = cli.load_settings(args)
     from scalediff.train import is_main_process, train
 
-    examples = DatasetExamples(args.data, cache_dir=f"{args.output}.run/datasets")
+    if args.prepare:
+        trust = bool(settings["sft"].get("trust_remote_code", False))
+        log.info("sft data prepared in %s: %s", args.prepare, prepare(args.data, args.base_model, args.prepare, trust))
+        return
+    if not (args.output and args.loss_csv and args.summary):
+        ap.error("training needs --output, --loss-csv and --summary")
+    data_dir = args.prepared or f"{args.output}.run/datasets"
+    examples = DatasetExamples(args.data, cache_dir=data_dir)
     cfg = settings["sft"]
     overrides = {k: cfg[k] for k in ("rope_theta", "max_position_embeddings") if cfg.get(k) is not None}
     log.info(
@@ -104,7 +132,15 @@ def main(argv: list[str] | None = None) -> None:
         len(examples),
         overrides,
     )
-    stats = train(args.base_model, examples, args.output, cfg, loss_csv=args.loss_csv, config_overrides=overrides)
+    stats = train(
+        args.base_model,
+        examples,
+        args.output,
+        cfg,
+        loss_csv=args.loss_csv,
+        config_overrides=overrides,
+        lengths_file=str(Path(args.prepared) / LENGTHS) if args.prepared else None,
+    )
     if is_main_process():
         write_json(
             {

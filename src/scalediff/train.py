@@ -303,12 +303,17 @@ def examples_fingerprint(examples: Sequence[Mapping[str, str]]) -> str:
     return h.hexdigest()
 
 
-def _cached_lengths(
-    run_dir: Path, tokenizer: Any, examples: Sequence[Mapping[str, str]], made_from: Fingerprint
+def lengths_fingerprint(base_model: str, examples: Sequence[Mapping[str, str]]) -> Fingerprint:
+    """What token lengths are made from: the tokenizer (the base model's) and the examples."""
+    return Fingerprint(tokenizer=source_identity(base_model), examples=examples_fingerprint(examples))
+
+
+def cached_lengths(
+    path: Path, tokenizer: Any, examples: Sequence[Mapping[str, str]], made_from: Fingerprint
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``token_lengths`` of the examples, saved in the run folder so other ranks and resumed runs
-    reuse them; ``made_from`` (tokenizer, examples) decides whether a saved set is still theirs."""
-    path = run_dir / "token_lengths.npz"
+    """``token_lengths`` of the examples, saved at ``path`` (a CPU job's output, or the run folder) so
+    the ranks and resumed runs reuse them; ``made_from`` (tokenizer, examples) decides whether a saved
+    set is still theirs."""
     if path.exists():
         cached = np.load(path)
         try:
@@ -318,7 +323,7 @@ def _cached_lengths(
         if made_from.reusable(saved, f"token lengths {path}"):
             return cached["prompt"], cached["response"]
     prompt, response = token_lengths(tokenizer, examples)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, prompt=prompt, response=response, fingerprint=np.array(json.dumps(made_from.parts)))
     return prompt, response
@@ -365,11 +370,14 @@ def train(
     max_steps: int | None = None,
     save_steps: int = 200,
     keep_run_dir: bool = False,
+    lengths_file: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``base_model`` on ``examples`` ({prompt, response}) and save to ``output_dir``.
 
     Intermediate checkpoints live in ``<output_dir>.run/``; rerunning after a kill resumes from
     the last one. The finished model appears at ``output_dir`` atomically (rename of a temp dir).
+    ``lengths_file``: token lengths prepared by a CPU job (``sft --prepare``); computed here when absent
+    or made from other data.
     """
     import torch
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
@@ -441,9 +449,10 @@ def train(
     # One tokenization pass for the lengths (rank 0 first, cached for the other ranks and for resumes);
     # the token ids themselves are produced batch by batch while training.
     model_id, data_id = source_identity(base_model), examples_fingerprint(examples)
+    lengths_path = Path(lengths_file) if lengths_file else run_dir / "token_lengths.npz"
     with args.main_process_first(desc="token lengths"):
-        prompt_len, response_len = _cached_lengths(
-            run_dir, tokenizer, examples, Fingerprint(tokenizer=model_id, examples=data_id)
+        prompt_len, response_len = cached_lengths(
+            lengths_path, tokenizer, examples, Fingerprint(tokenizer=model_id, examples=data_id)
         )
     usable = (response_len > 0) & (prompt_len < cutoff)
     lengths = np.minimum(prompt_len + response_len, cutoff)
