@@ -23,7 +23,7 @@ rule sft_data:
         f"{R}/benchmarks/sft/sft_data/{{variant}}.tsv"
     conda:
         CONDA_ENV
-    threads: 8
+    threads: 16
     params:
         base=model_arg("student_base"),
         settings=settings(sft={}),

@@ -141,6 +141,25 @@ def test_a_job_longer_than_its_time_limit_fails(fitting, tmp_path):
     cfg = copy.deepcopy(fitting)
     cfg["plan"]["counts"]["pool_rows"] = 558129
     cfg["diffgen"]["sample"]["n_problems"] = 2000000
+    cfg["sft"]["segment_minutes"] = None  # one job for the whole run
+    rc, result = _plan(tmp_path, cfg, _profile(tmp_path))
+    assert rc == 1
+    assert any(e.startswith("sft_train[scalediff]: runtime: a job needs") for e in result["errors"]), result["errors"]
+
+
+def test_a_run_in_segments_is_checked_segment_by_segment(fitting, tmp_path):
+    """Days of SFT fit a 2-day limit in segments (paper.yaml's segment_minutes), each checked against
+    the runtime asked and each paying its start-up; a segment longer than the limit fails."""
+    cfg = copy.deepcopy(fitting)
+    cfg["plan"]["counts"]["pool_rows"] = 558129
+    cfg["diffgen"]["sample"]["n_problems"] = 2000000
+    cfg["sft"]["segment_minutes"] = 660
+    rc, result = _plan(tmp_path, cfg, _profile(tmp_path))
+    assert not [e for e in result["errors"] if "runtime" in e], result["errors"]
+    [stage] = [s for s in result["stages"] if s["stage"] == "sft_scalediff"]
+    assert stage["segments"] > 2 and stage["segment_job_s"] <= stage["runtime_min"] * 60 < stage["job_s"]
+    assert "per segment" in (tmp_path / "plan.md").read_text()
+    cfg["sft"]["segment_minutes"] = 2880  # + start-up and the final save: past the 2880 min asked
     rc, result = _plan(tmp_path, cfg, _profile(tmp_path))
     assert rc == 1
     assert any(e.startswith("sft_train[scalediff]: runtime: a job needs") for e in result["errors"]), result["errors"]

@@ -53,6 +53,9 @@ TEMPLATE_TOKENS = 12
 CHARS_PER_TOKEN = 4.0  # for the instruction strings of the config (no tokenizer of the real models here)
 # Start-up is worth a warning only where it adds up: below one GPU-hour per stage shards cost little.
 MIN_WASTE_S = 3600
+# A time-boxed training segment (``segment_minutes``) ends after the step in progress and a checkpoint
+# save (7B under ZeRO-2: ~100 GB of weights and optimizer states) before the requeue: its margin.
+SEGMENT_END_S = 900
 
 
 class PlanError(Exception):
@@ -1127,12 +1130,22 @@ def make_plan(
         epochs = float(section["epochs"])
         tokens = t.examples * mean_len
         train_s = tokens * epochs / (rate["tps"] * mem["gpus"])
-        prep = float(plan_cfg["train_startup_s"]) + tokens / float(plan_cfg["tokenize_tokens_per_s"])
-        job_s = prep + train_s
+        # SFT's token lengths come from the CPU rule sft_data; DiffGen's short problems are tokenized in the job.
+        tokenize_s = 0.0 if t.rule == "sft_train" else tokens / float(plan_cfg["tokenize_tokens_per_s"])
+        prep = float(plan_cfg["train_startup_s"]) + tokenize_s
+        # Time-boxed segments: each job (a requeue of the same one) trains segment_minutes, then saves;
+        # the runtime asked is checked against one segment, the GPU-hours count every segment's start-up.
+        segment_s = float(section.get("segment_minutes") or 0) * 60
+        segments = max(1, math.ceil(train_s / segment_s)) if segment_s else 1
+        if segments > 1:
+            one_job_s = prep + segment_s + SEGMENT_END_S
+            job_s = segments * (prep + SEGMENT_END_S) + train_s
+        else:
+            one_job_s = job_s = prep + train_s
         host = mem["gpus_per_node"] * (model.parameters() * model.dtype_bytes + host_overhead)
         if not on_gpu:  # one process holds all of it in host memory
             host = model.parameters() * model.dtype_bytes + host_overhead + mem["total_gib"] * GiB
-        check_request(label, req, host, job_s, mem["gpus"] if on_gpu else 0)
+        check_request(label, req, host, one_job_s, mem["gpus"] if on_gpu else 0)
         if prep > share * train_s and mem["gpus"] * prep >= MIN_WASTE_S:
             found.warn(
                 label, f"start-up {_dur(prep)} is {prep / max(train_s, 1e-9):.0%} of the {_dur(train_s)} of training"
@@ -1161,8 +1174,10 @@ def make_plan(
                 "startup_s": prep,
                 "job_work_s": train_s,
                 "job_s": job_s,
+                "segments": segments,
+                "segment_job_s": one_job_s,
                 "gpu_hours": mem["gpus"] * job_s / 3600,
-                "startup_gpu_hours": mem["gpus"] * prep / 3600,
+                "startup_gpu_hours": mem["gpus"] * segments * prep / 3600,
                 "wall_s": job_s,
                 "runtime_min": req["runtime_min"],
             }
@@ -1281,6 +1296,8 @@ def render_markdown(plan: dict[str, Any]) -> str:
             tokens = f"{_tok(s['prompt_tokens'])} in, {_tok(s['output_tokens'])} out"
             rate = f"{s['prefill_tps_per_gpu']:,.0f} in, {s['decode_tps_per_gpu']:,.0f} out tok/s"
         asked = "–" if s["runtime_min"] is None else _dur(s["runtime_min"] * 60)
+        if s.get("segments", 1) > 1:  # the runtime asked bounds one segment, not the run
+            asked += f" per segment ({s['segments']} x ~{_dur(s['segment_job_s'])})"
         lines.append(
             f"| {s['stage']} | {s['rule']} | {s['jobs']} x {s['gpus_per_job']} | {tokens} | {rate}"
             f" | {_dur(s['startup_s'])}"
