@@ -14,9 +14,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 POOL = REPO / "config" / "data" / "pool"
 
-# The engine settings the demo runs (config/config.yaml), so tests exercise them; only the KV
-# cache is capped (1 GiB) to fit a shared 2-core machine.
-ENGINE = {**yaml.safe_load((REPO / "config" / "config.yaml").read_text())["engine"]}
+# The engine settings the demo runs (config/config.yaml, as rules/common.smk engine_settings hands
+# them to a job), so tests exercise them; only the KV cache is capped (1 GiB) for a shared 2-core machine.
+_ENGINE_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["engine"]
+ENGINE = {k: v for k, v in _ENGINE_CONFIG.items() if k != "models"}  # per-model overrides: none here
 ENGINE["cpu_kv_cache_gb"] = min(ENGINE.get("cpu_kv_cache_gb", 1), 1)
 ARCH = {
     "hidden_size": 64,
@@ -30,6 +31,7 @@ ARCH = {
 
 log = logging.getLogger(__name__)
 CUTOFF = 256  # tokens of prompt + response that train_constant trains on
+DEFAULT_CHECK_PROMPTS = ("What is 2+3?", "Compute 7*8.")  # short questions, unlike the pool's problems
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -98,12 +100,12 @@ def train_constant(
     """Train ``base`` so that, whatever the prompt, it answers ``response`` — and check that it does.
 
     A fixed number of steps is not a guarantee (40 steps at a constant 1e-2 once ended at loss 0.46
-    without the response). So: train in rounds of ``steps`` steps, each continuing from the last with
-    half the learning rate (linear decay within a round, so every round ends stable); after each round
-    check the behaviour (``constant_behaviour_error``) on held-out prompts plus ``check_prompts``;
-    stop when it holds, fail naming what the model said after ``rounds`` rounds.
-    ``prompts`` are the user messages trained on (default: pool problems); only those that fit in
-    ``CUTOFF`` tokens with the response are used, so the guarantee holds for prompts of that size.
+    without the response). So: train in rounds of ``steps`` steps, each continuing from the last
+    (warm-up, then linear decay: every round ends at a low learning rate); after each round check the
+    behaviour (``constant_behaviour_error``) on prompts never trained on: some of ``prompts`` held out,
+    plus ``check_prompts`` (those the tests will send); stop when it holds, fail naming what the
+    model said after ``rounds`` rounds. ``prompts`` are user messages (default: pool problems, and
+    short questions are checked too); only those that fit in ``CUTOFF`` tokens with the response are used.
     """
     from transformers import AutoTokenizer
 
@@ -117,15 +119,16 @@ def train_constant(
     def fits(user: str) -> bool:
         return len(tok.encode(chat(user) + response, add_special_tokens=False)) <= CUTOFF
 
-    problems = _problems()
-    users = list(prompts) if prompts is not None else problems[::40]
-    held_out = [*[p for p in problems[20::40] if fits(p)][:3], "What is 2+3?", *check_prompts]
-    examples = [{"prompt": chat(u), "response": response} for u in users if fits(u)]
+    users = [u for u in (_problems()[::40] if prompts is None else prompts) if fits(u)]
+    held_out = users[5::10][:4]
+    checked = [*held_out, *(DEFAULT_CHECK_PROMPTS if prompts is None else ()), *check_prompts]
+    examples = [{"prompt": chat(u), "response": response} for u in users if u not in held_out]
     current, error = base, None
     for k in range(rounds):
         settings = {
-            "lr": lr / 2**k,
+            "lr": lr,
             "scheduler": "linear",
+            "warmup_ratio": 0.25,  # each round starts a fresh Adam: full-size first steps would undo the last round
             "per_device_batch_size": 16,
             "cutoff": CUTOFF,
             "seed": k,
@@ -137,7 +140,7 @@ def train_constant(
         if current != base:
             shutil.rmtree(current)
         current = step_dir
-        error = constant_behaviour_error(current, response, held_out, min_prob)
+        error = constant_behaviour_error(current, response, checked, min_prob)
         log.info("train_constant %s, round %d: %s", out.name, k, error or "has the behaviour")
         if error is None:
             shutil.rmtree(out, ignore_errors=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import ENGINE, build_tiny, train_constant
 
 from scalediff import answers, evaluate
 
@@ -46,6 +47,9 @@ def test_reasoning_tags():
     assert not evaluate.score_with_metric(f"<think>{eval_style(gold)}</think>" + eval_style(WRONG), gold)
     # Only an opening tag (truncated reasoning): nothing is stripped, the box still counts.
     assert evaluate.score_with_metric("<think>so " + eval_style(gold), gold)
+    # Stripping off (eval.remove_reasoning_tags: false): a box drafted in the reasoning counts.
+    assert evaluate.score_with_metric(f"<think>so \\boxed{{{gold}}}</think>no answer", gold, remove_reasoning=False)
+    assert not evaluate.score_with_metric(f"<think>so \\boxed{{{gold}}}</think>no answer", gold)
 
 
 def test_metric_agrees_with_answers_module():
@@ -70,7 +74,6 @@ def test_summarize_from_rows():
 
 
 # ---------------------------------------------------------------- end to end (vLLM, tiny model)
-ENGINE = {"dtype": "float32", "max_model_len": 4096, "batch_size": 64, "cpu_kv_cache_gb": 1, "enforce_eager": True}
 INSTRUCTION = "Solve the following math problem efficiently and clearly.  Think step by step before answering.\n\n"
 SETTINGS = {
     "engine": ENGINE,
@@ -101,11 +104,14 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(out)
 
 
-def run_cli(model_dir: str, out_dir: Path, data: Path, seeds: int, limit: int) -> tuple[dict, list[dict]]:
+def run_cli(
+    model_dir: str, out_dir: Path, data: Path, seeds: int, limit: int, settings: dict = SETTINGS
+) -> tuple[dict, list[dict]]:
+    """The eval stage's entry point exactly as rules/eval.smk calls it."""
     output, details = out_dir / "scores.json", out_dir / "details.parquet"
     cmd = [sys.executable, "-m", "scalediff.evaluate", "--model", model_dir, "--model-name", "tiny"]
     cmd += ["--benchmark", "aime24", "--data", str(data), "--seeds", str(seeds), "--limit", str(limit)]
-    cmd += ["--output", str(output), "--details", str(details), "--settings", json.dumps(SETTINGS)]
+    cmd += ["--output", str(output), "--details", str(details), "--settings", json.dumps(settings)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-5000:]
@@ -148,3 +154,68 @@ def test_cli_end_to_end(tiny_model_dir, tmp_path):
     again = {r["id"]: r["completion"] for r in rows2}
     assert again == {r["id"]: r["completion"] for r in rows if r["seed"] == 0 and r["id"] in again}
     assert len(again) == 2
+
+
+# ------------------------------------------- scoring a known answer (tiny models that always answer the same)
+GOLD, DRAFT = "42", "17"
+BENCH_PROBLEMS = ["What is six times seven?", "Compute forty plus two.", "How many ways can 42 be reached?"]
+# What each model always answers (the engine drops the final <|im_end|>): a box drafted inside the
+# reasoning, then the final answer after it.
+THINK = "<think>\nFirst guess \\boxed{{{}}}, check it.\n</think>\n\n"
+ANSWERS = {
+    "draft_wrong_final_gold": THINK.format(DRAFT) + f"The answer is \\boxed{{{GOLD}}}.",
+    "draft_gold_final_wrong": THINK.format(GOLD) + f"The answer is \\boxed{{{DRAFT}}}.",
+    "draft_gold_no_final": THINK.format(GOLD) + "No answer.",
+}
+
+
+@pytest.fixture(scope="session")
+def answering_model(tmp_path_factory):
+    """``answering_model(name)``: a tiny Qwen3-template model that answers ``ANSWERS[name]`` to every
+    eval prompt (trained until it does, checked on the benchmark's own prompts: conftest.train_constant)."""
+    from scalediff.tiny import read_corpus
+
+    root = tmp_path_factory.mktemp("answering")
+    base = build_tiny(root / "base")
+    problems = [r["problem"] for r in read_corpus([str(ROOT / "config/data/pool/math_train.jsonl")])[::40]]
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = train_constant(
+                base,
+                root / name,
+                ANSWERS[name] + "<|im_end|>",
+                prompts=[INSTRUCTION + p for p in problems],
+                check_prompts=[INSTRUCTION + p for p in BENCH_PROBLEMS],
+            )
+        return built[name]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "model,strip,accuracy",
+    [
+        ("draft_wrong_final_gold", True, 100.0),  # the answer after the reasoning is scored ...
+        ("draft_gold_final_wrong", True, 0.0),  # ... and a right draft inside it is not (boxes swapped)
+        ("draft_gold_no_final", True, 0.0),
+        ("draft_gold_no_final", False, 100.0),  # eval.remove_reasoning_tags: false scores the whole text
+        ("draft_gold_final_wrong", False, 0.0),  # the last box still wins
+    ],
+)
+def test_eval_scores_the_answer_after_the_reasoning(answering_model, tmp_path, model, strip, accuracy):
+    data = tmp_path / "bench.jsonl"  # every gold answer is GOLD
+    data.write_text(
+        "".join(json.dumps({"id": f"p{i}", "problem": p, "answer": GOLD}) + "\n" for i, p in enumerate(BENCH_PROBLEMS))
+    )
+    settings = {
+        "engine": ENGINE,
+        "eval": {**SETTINGS["eval"], "max_new_tokens": 64, "remove_reasoning_tags": strip},
+    }
+    summary, rows = run_cli(str(answering_model(model)), tmp_path / "out", data, seeds=1, limit=10, settings=settings)
+    assert [r["completion"] for r in rows] == [ANSWERS[model]] * len(BENCH_PROBLEMS)  # the model did as trained
+    assert summary["per_seed"] == [accuracy] and summary["mean"] == accuracy
+    assert summary["remove_reasoning_tags"] is strip
+    assert all(r["correct"] is (accuracy == 100.0) for r in rows)
