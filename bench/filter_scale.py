@@ -18,23 +18,33 @@ reader and checks:
 - ``stage``:    the whole ``filter rules`` entry point (all of the above, writing candidates/rejects).
 
 Each line: rows/s (one process, so per core, except ``stage`` with ``--workers`` processes for its
-row checks), peak RSS of that process (VmHWM; the stage's workers not included), RSS after imports,
-and the time of a bare pyarrow scan of the columns that component reads (same shards, same process,
-measured first).
+row checks; one ``stage`` line per worker count), peak RSS of that process (VmHWM), RSS after
+imports, and the time of a bare pyarrow scan of the columns that component reads (same shards, same
+process, measured first). ``stage`` lines add the CPU seconds per row of the main process and of its
+workers, and the peak RSS of the whole process tree (main + workers, sampled every 0.2 s).
 Goals (issue 4): text rule filters >= 20k rows/s per core; peak RSS at the largest row count
 <= 1.5x that at the smallest (the dedup index grows with the problems by design, ~0.2 KB each in
 memory, the signatures in a temporary file: its RSS is reported as bytes per problem instead).
+Goal (issue 13): the stage >= 4k paper-length rows/s with 16 workers, projected from CPU time per
+row: the main process's (serial; the marginal cost between the two largest row counts, so start-up
+and the pool index do not count) and the workers' (parallel): min(1 / main, 16 / workers). Wall
+rows/s at each worker count shows the scaling on this machine (noisy when it is shared).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -227,7 +237,11 @@ def run_component(name: str, paths: list[Path], workdir: Path, workers: int = 1)
         joined, pool = workdir / "solutions.parquet", workdir / "pool.parquet"
         concat_parquet(paths, joined, SOLUTION_SCHEMA)
         _pool(pool)
-        t0 = time.perf_counter()
+        sampler = TreeRss(os.getpid(), threads=True)
+        sampler.sample()
+        threads0 = sampler.thread_cpu()  # the preparation above ran on the main thread
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0, cpu0 = time.perf_counter(), time.process_time()
         stats = flt.run_rules(
             str(joined),
             str(pool),
@@ -238,10 +252,19 @@ def run_component(name: str, paths: list[Path], workdir: Path, workers: int = 1)
             str(workdir / "stats.json"),
             workers=workers,
         )
+        main_cpu = time.process_time() - cpu0
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        extra = {
+            "main_cpu_s": main_cpu,
+            "workers_cpu_s": (children.ru_utime + children.ru_stime) - (children0.ru_utime + children0.ru_stime),
+            "tree_peak_rss_mb": sampler.stop(),
+            "thread_cpu_s": {k: v - threads0.get(k, 0.0) for k, v in sampler.thread_cpu().items()},
+        }
         rows = stats["inputs"]["solutions"]
         flagged = rows - stats["rows"]["generated"]["kept"]
     else:
         index = deduper = None
+        extra = {}
         if name == "decontam":
             index = flt.load_benchmarks(benchmarks, cfg["decontamination"])
         if name == "dedup":
@@ -271,6 +294,8 @@ def run_component(name: str, paths: list[Path], workdir: Path, workers: int = 1)
         "flagged": flagged,
         "peak_rss_mb": _rss_mb("VmHWM"),
         "rss_after_imports_mb": base_mb,
+        "workers": workers if name == "stage" else 1,
+        **extra,
     }
 
 
@@ -281,6 +306,79 @@ def _rss_mb(field: str = "VmRSS") -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class TreeRss:
+    """Peak of the summed VmRSS of a process and all its descendants, sampled every ``interval`` s in a
+    thread (a cgroup, e.g. a SLURM job's memory limit, charges the whole tree); with ``threads``, also
+    the CPU seconds of each thread of the process (last value seen) by thread name."""
+
+    def __init__(self, pid: int, interval: float = 0.2, threads: bool = False):
+        self.pid, self.interval, self.peak_kb = pid, interval, 0
+        self._threads: dict[int, tuple[str, float]] | None = {} if threads else None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def tree(pid: int) -> list[int]:
+        out, todo = [], [pid]
+        while todo:
+            p = todo.pop()
+            out.append(p)
+            try:
+                for task in os.listdir(f"/proc/{p}/task"):
+                    with open(f"/proc/{p}/task/{task}/children") as fh:
+                        todo += [int(c) for c in fh.read().split()]
+            except OSError:
+                continue  # exited meanwhile
+        return out
+
+    @staticmethod
+    def rss_kb(pid: int, field: str = "VmRSS") -> int:
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                for line in fh:
+                    if line.startswith(field + ":"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def sample(self) -> None:
+        self.peak_kb = max(self.peak_kb, sum(self.rss_kb(p) for p in self.tree(self.pid)))
+        if self._threads is not None:
+            names = {t.native_id: t.name for t in threading.enumerate()}  # Python threads of this process
+            for tid in os.listdir(f"/proc/{self.pid}/task"):
+                try:
+                    with open(f"/proc/{self.pid}/task/{tid}/stat") as fh:
+                        stat = fh.read()
+                except OSError:
+                    continue
+                fields = stat[stat.rindex(")") + 2 :].split()
+                ticks = int(fields[11]) + int(fields[12])  # utime + stime
+                name = names.get(int(tid)) or self._threads.get(int(tid), ("native",))[0]
+                self._threads[int(tid)] = (name, ticks / os.sysconf("SC_CLK_TCK"))
+
+    def thread_cpu(self) -> dict[str, float]:
+        """CPU seconds per thread: ``main``, Python threads by name (numbers dropped), ``native`` for the
+        rest (Arrow's thread pools)."""
+        out: dict[str, float] = {}
+        for tid, (name, cpu) in (self._threads or {}).items():
+            key = "main" if tid == self.pid else name.split("-")[0] if name.startswith("Thread-") else name
+            out[key] = out.get(key, 0.0) + cpu
+        return out
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> float:
+        """Stop sampling (one last sample); the peak in MB."""
+        self._done.set()
+        self._thread.join()
+        self.sample()
+        return self.peak_kb / 1024
 
 
 def _pool(path: Path) -> None:
@@ -302,7 +400,10 @@ def main() -> None:
     ap.add_argument("--shard-rows", type=int, default=10_000)
     ap.add_argument("--components", nargs="+", default=["text", "answers", "dedup", "decontam"], choices=list(COLUMNS))
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/scalediff-filter-bench"))
-    ap.add_argument("--workers", type=int, default=1, help="processes for the stage's row-local checks")
+    ap.add_argument(
+        "--workers", type=int, nargs="+", default=[1], help="processes for the stage's row-local checks (one run each)"
+    )
+    ap.add_argument("--project-workers", type=int, default=16, help="worker count the stage's rows/s is projected to")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic shards for the next run")
     ap.add_argument("--child", nargs=2, metavar=("COMPONENT", "FOLDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -312,7 +413,7 @@ def main() -> None:
         paths = sorted(Path(folder).glob("shard-*.parquet"))
         work = Path(folder) / f"work-{name}"
         work.mkdir(exist_ok=True)
-        print(json.dumps(run_component(name, paths, work, args.workers)))
+        print(json.dumps(run_component(name, paths, work, args.workers[0])))
         return
 
     results: dict[int, dict[str, dict]] = {}
@@ -332,12 +433,14 @@ def main() -> None:
         )
         print(
             f"{'component':<10} {'rows/s':>12} {'seconds':>9} {'scan s':>8} {'x scan':>7} "
-            f"{'peak RSS MB':>12} {'imports MB':>11} {'flagged':>8}"
+            f"{'peak RSS MB':>12} {'imports MB':>11} {'flagged':>8} {'workers':>8} {'main ms/row':>12} "
+            f"{'workers ms/row':>15} {'tree RSS MB':>12}"
         )
         results[n] = {}
-        for name in args.components:
+        runs = [(name, w) for name in args.components for w in (args.workers if name == "stage" else [1])]
+        for name, w in runs:
             out = subprocess.run(
-                [sys.executable, __file__, "--child", name, str(folder), "--workers", str(args.workers)],
+                [sys.executable, __file__, "--child", name, str(folder), "--workers", str(w)],
                 capture_output=True,
                 text=True,
                 check=False,
@@ -346,28 +449,76 @@ def main() -> None:
                 print(f"{name:<10} failed:\n{out.stderr[-2000:]}")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            results[n][name] = r
+            results[n][name if name != "stage" else f"stage/{w}"] = r
             rate = r["rows"] / r["seconds"]
-            print(
+            line = (
                 f"{name:<10} {rate:>12,.0f} {r['seconds']:>9.1f} {r['scan_seconds']:>8.1f} "
                 f"{r['seconds'] / max(r['scan_seconds'], 1e-9):>7.1f} {r['peak_rss_mb']:>12.0f} "
-                f"{r['rss_after_imports_mb']:>11.0f} {r['flagged']:>8,}"
+                f"{r['rss_after_imports_mb']:>11.0f} {r['flagged']:>8,} {r['workers']:>8}"
             )
+            if name == "stage":
+                per_row = 1000 / r["rows"]
+                line += (
+                    f" {r['main_cpu_s'] * per_row:>12.3f} {r['workers_cpu_s'] * per_row:>15.3f}"
+                    f" {r['tree_peak_rss_mb']:>12.0f}"
+                )
+            print(line)
         if not args.keep:
             shutil.rmtree(folder)
 
     if len(results) > 1:
         lo, hi = min(results), max(results)
         print(f"\npeak RSS at {hi:,} rows / at {lo:,} rows (goal <= 1.5):")
-        for name in args.components:
-            if name in results[lo] and name in results[hi]:
+        for name in results[hi]:
+            if name in results[lo]:
                 a, b = results[lo][name]["peak_rss_mb"], results[hi][name]["peak_rss_mb"]
                 extra = f"  ({(b - a) * 2**20 / (hi - lo):,.0f} bytes per extra row)" if name == "dedup" else ""
                 print(f"  {name:<10} {b / a:.2f}{extra}")
+    _project(results, args.project_workers)
     if "text" in args.components:
         rates = [r["text"]["rows"] / r["text"]["seconds"] for r in results.values() if "text" in r]
         if rates:
             print(f"text rule filters: {min(rates):,.0f} rows/s per core at the slowest (goal >= 20,000)")
+
+
+def _per_row(hi: dict, lo: dict | None, get: Any) -> float:
+    """ms of CPU per row: marginal between two sizes (start-up cancels), else over the one run."""
+    if lo is None:
+        return 1000 * get(hi) / hi["rows"]
+    return 1000 * (get(hi) - get(lo)) / (hi["rows"] - lo["rows"])
+
+
+def _project(results: dict[int, dict[str, dict]], workers: int) -> None:
+    """The stage's rows/s with ``workers`` processes, from the CPU time per row of its main process and
+    of its workers (marginal between the two largest row counts when there are two)."""
+    sizes = sorted(results)
+    for key in sorted({k for r in results.values() for k in r if k.startswith("stage/")}):
+        have = [n for n in sizes if key in results[n]]
+        if not have or results[have[-1]][key]["workers"] < 2:
+            continue  # one process: the checks run in the main process, nothing to separate
+        hi = results[have[-1]][key]
+        lo = results[have[-2]][key] if len(have) > 1 else None
+        per_row = partial(_per_row, hi, lo)
+        how = f"marginal, {have[-2]:,} -> {have[-1]:,} rows" if lo else f"{have[-1]:,} rows, start-up included"
+        main_ms, work_ms = per_row(lambda r: r["main_cpu_s"]), per_row(lambda r: r["workers_cpu_s"])
+        threads = {t: per_row(lambda r, t=t: r["thread_cpu_s"].get(t, 0.0)) for t in hi["thread_cpu_s"]}
+        # Python threads share the GIL (main: decisions; the pool's result reader); the candidate writer
+        # encodes and compresses without it, as do Arrow's own (native) threads.
+        gil_ms = sum(ms for t, ms in threads.items() if t not in ("filter-candidates", "native"))
+        bounds = {
+            "GIL threads": 1000 / max(gil_ms, 1e-9),
+            "candidate writer": 1000 / max(threads.get("filter-candidates", 0.0), 1e-9),
+            "workers": workers * 1000 / max(work_ms, 1e-9),
+        }
+        print(
+            f"\nstage with {hi['workers']} workers ({how}): main process {main_ms:.3f} ms CPU/row "
+            f"({', '.join(f'{t} {ms:.3f}' for t, ms in sorted(threads.items()))}), workers {work_ms:.3f} ms CPU/row"
+        )
+        print(
+            f"  projected with {workers} workers: {min(bounds.values()):,.0f} rows/s ("
+            + ", ".join(f"{name} bound {rate:,.0f}" for name, rate in bounds.items())
+            + "; goal >= 4,000)"
+        )
 
 
 if __name__ == "__main__":

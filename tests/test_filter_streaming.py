@@ -4,20 +4,21 @@ change nothing, and gather pairs verdict shards with candidates however samples 
 from __future__ import annotations
 
 import json
+import os
 import tracemalloc
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_filter import GOOD, _benchmarks, _disabled, _outputs, _pool, sol
+from test_filter import GOOD, _bench_problems, _benchmarks, _disabled, _outputs, _pool, sol
 
 from scalediff import filter as flt
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
 
 
-def _solutions(path: Path, n: int, reasoning_words: int = 300) -> Path:
+def _solutions(path: Path, n: int, reasoning_words: int = 300, write: bool = True) -> Path | pa.Table:
     """``n`` distinct generated rows; every 7th truncated, every 11th without a box, every 13th a loop."""
     rows = []
     for i in range(n):
@@ -37,6 +38,8 @@ def _solutions(path: Path, n: int, reasoning_words: int = 300) -> Path:
                 completion_tokens=reasoning_words * 2,
             )
         )
+    if not write:
+        return pa.Table.from_pylist(rows)
     pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=256)
     return path
 
@@ -63,6 +66,74 @@ def test_worker_processes_change_nothing(tmp_path):
     for name in ("cand", "rej"):
         a, b = pq.read_table(tmp_path / f"{name}-one.parquet"), pq.read_table(tmp_path / f"{name}-two.parquet")
         assert a.num_rows and a.equals(b)
+
+
+def _mixed_rows(n: int) -> tuple[list[dict], list[dict]]:
+    """Teacher rows and a pool that reach every decision the main process takes after the workers' checks:
+    exact and near duplicates, benchmark copies, originals with a gold answer (agreeing or not, two
+    adjacent samples each), duplicate keys, pool rows superseded by a passing teacher solution."""
+    rows = _solutions(Path(os.devnull), n, reasoning_words=30, write=False).to_pylist()
+    aime = _bench_problems("aime24.jsonl")
+    pool = []
+    for i in range(0, n, 50):
+        rows[i + 1]["problem"] = rows[i]["problem"].upper().replace(" ", "  ")  # exact duplicate
+        rows[i + 2]["problem"] = rows[i]["problem"] + " Explain briefly."  # near duplicate
+        rows[i + 3]["problem"] = aime[i // 50 % len(aime)]  # benchmark copy
+        pid = f"p-{i}"
+        problem = f"What is the remainder when {i + 100} is divided by 7? Give the remainder only."
+        for j, sample in ((5, 0), (6, 1)):  # two samples of one original: gold agrees for i % 100 == 0
+            rows[i + j].update(id=pid, problem=problem, origin="original", sample=sample, source="math_train")
+        pool.append(
+            {
+                "id": pid,
+                "problem": problem,
+                "solution": f"100 + {i} leaves a remainder. $\\boxed{{{(i + 100) % 7}}}$" if i % 150 else None,
+                "answer": str(rows[i + 5]["completion"].rsplit("boxed{", 1)[-1].split("}")[0] if i % 100 == 0 else -1),
+                "origin": "original",
+                "source": "math_train",
+            }
+        )
+        rows[i + 7] = dict(rows[i + 8])  # duplicate (id, sample) key: the second is quarantined
+    return rows, pool
+
+
+def test_worker_decisions_match_in_process_whatever_the_row_groups(tmp_path):
+    """Decontamination, the gold check, MinHash probes and the candidate copies run in the workers; the
+    ordered decisions stay in the main process. Two workers over row groups of 100 rows give exactly
+    what one process gives over one 2,600-row group (read as slices of up to 1,024 rows)."""
+    rows, pool_rows = _mixed_rows(2_600)
+    cfg = _disabled(original={"solution_rules": True, "check_gold": True, "decontaminate": "remove"})
+    pool = tmp_path / "pool.parquet"
+    pq.write_table(pa.Table.from_pylist(pool_rows), pool, row_group_size=7)
+    stats = {}
+    for tag, group, workers in (("big", 1_000_000, 1), ("small", 100, 2)):
+        solutions = tmp_path / f"s-{tag}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), solutions, row_group_size=group)
+        stats[tag] = flt.run_rules(
+            str(solutions),
+            str(pool),
+            _benchmarks(),
+            cfg,
+            str(tmp_path / f"cand-{tag}.parquet"),
+            str(tmp_path / f"rej-{tag}.parquet"),
+            str(tmp_path / f"stats-{tag}.json"),
+            workers=workers,
+        )
+    assert pq.ParquetFile(tmp_path / "s-big.parquet").metadata.num_row_groups == 1
+    assert stats["big"] == stats["small"]
+    for name in ("cand", "rej"):
+        a, b = pq.read_table(tmp_path / f"{name}-big.parquet"), pq.read_table(tmp_path / f"{name}-small.parquet")
+        assert a.num_rows and a.equals(b), name
+    gen, orig = stats["big"]["rows"]["generated"], stats["big"]["rows"]["original"]
+    for reason in ("duplicate", "near_duplicate", "contaminated_exact", "truncated"):
+        assert gen["rejected"].get(reason), (reason, gen)
+    assert gen["quarantined"] == {"duplicate_key": 52}
+    assert orig["rejected"].get("gold_mismatch") and orig["kept"] and orig["rejected"].get("superseded_by_distilled")
+    kept = pq.read_table(tmp_path / "cand-big.parquet").to_pylist()
+    assert [r["row"] for r in kept if r["file"] == "solutions"] == sorted(
+        r["row"] for r in kept if r["file"] == "solutions"
+    )
+    assert all(r["solution"] == rows[r["row"]]["completion"] for r in kept if r["file"] == "solutions")
 
 
 def test_rules_memory_stays_flat_as_rows_grow(tmp_path):

@@ -284,6 +284,11 @@ class NearDupIndex:
     def add(self, key: str, text: str, signature: np.ndarray | None = None) -> None:
         self._add(key, self._probe(text, signature))
 
+    def probe(self, text: str) -> _Probe:
+        """What a lookup or an insert needs from ``text`` (row-local, so it may run in a worker process;
+        every index with the same parameters gives the same probe)."""
+        return self._probe(text)
+
     def _probe(self, text: str, sig: np.ndarray | None = None) -> _Probe:
         digest = hashlib.blake2b(exact_key(text).encode(), digest_size=16).digest()
         exact = (int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little"))
@@ -359,21 +364,26 @@ class ProblemDeduper:
         index = self.orig if code < 2 else self.gen
         return _DROP_REASONS[code], index._ids[self._dropped_of[i]]
 
-    def add_original(self, key: str, text: str) -> None:
+    def add_original(self, key: str, text: str, probe: _Probe | None = None) -> None:
+        """Index pool problem ``key``; ``probe`` as in ``check_generated``."""
         if self.enabled:
-            self.orig.add(key, text)
+            self.orig._add(key, self.orig._probe(text) if probe is None else probe)
 
-    def check_generated(self, key: str, text: str, signature: np.ndarray | None = None) -> tuple[str, str] | None:
+    def check_generated(
+        self, key: str, text: str, signature: np.ndarray | None = None, probe: _Probe | None = None
+    ) -> tuple[str, str] | None:
         """``(reason, id it duplicates)`` when generated problem ``key`` is dropped, else None (kept).
 
-        ``signature`` (``self.gen.signature(text)``) may be computed elsewhere, e.g. in a worker process.
+        ``signature`` (``self.gen.signature(text)``) or the whole ``probe`` (``self.gen.probe(text)``) may
+        be computed elsewhere, e.g. in a worker process.
         """
         if not self.enabled or key in self.gen:
             return None
         i = self._dropped_ids.index(key)
         if i >= 0:
             return self._decision(i)
-        probe = self.gen._probe(text, signature)
+        if probe is None:
+            probe = self.gen._probe(text, signature)
         hit, code = self.orig._find(probe), 0
         if not hit:
             hit, code = self.gen._find(probe), 2
