@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import ENGINE
 
 from scalediff import filter as flt
 from scalediff.decontam import BenchmarkIndex
@@ -29,7 +30,6 @@ from scalediff.filter_rules import (
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "config" / "data" / "benchmarks"
-ENGINE = {"dtype": "float32", "max_model_len": 4096, "batch_size": 64, "cpu_kv_cache_gb": 1, "enforce_eager": True}
 CFG = with_defaults({})
 GOOD = (
     "<think>\nAdd the two numbers: two plus three gives five, checked twice.\n</think>\n\n"
@@ -654,7 +654,7 @@ def test_model_based_drops_problems_the_student_solves(tmp_path):
     ]
     solutions = _write_parquet(rows, tmp_path / "solutions.parquet")
     pool = _pool(tmp_path)
-    # The 40-step student writes its 7 most of the time: 3 samples at T=0.1, `any` rule.
+    # The student is trained until it answers 7 (conftest.train_constant): 3 samples at T=0.1, `any` rule.
     cfg = _disabled(
         model_based={
             "enabled": True,
