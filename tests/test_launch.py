@@ -31,7 +31,8 @@ def test_two_node_sft_is_one_srun_step_with_one_torchrun_per_exclusive_node(tmp_
     resources, command = _sft_job(res.stdout)
     # the plugin's MPI path: its job-step plugin does not wrap the command in a second `srun -n1`
     assert resources["mpi"] == "srun" and resources["tasks"] == "2" and resources["nodes"] == "2"
-    assert resources["slurm_extra"] == "--ntasks-per-node=1 --exclusive"
+    # one task per exclusive node; requeued to run the next time-boxed segment (sft.segment_minutes)
+    assert resources["slurm_extra"].split() == ["--ntasks-per-node=1", "--exclusive", "--requeue"]
     assert resources["gres"] == "gpu:h100:8" and resources["tasks_per_gpu"] == "0"
     assert command.startswith("srun --kill-on-bad-exit=1 ")
     assert '--ntasks-per-node 1 --cpus-per-task "$SLURM_CPUS_ON_NODE" torchrun --nnodes 2 --nproc-per-node 8' in command
