@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_config import _dry_run, _workdir
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -88,6 +89,7 @@ def _hub_config(cache: Path):
     return edit
 
 
+@pytest.mark.slow
 def test_workflow_fetches_hub_models_first_and_jobs_load_the_local_copy(tmp_path):
     cache = hub_cache(tmp_path / "cache", "org/tiny")
     (workdir := tmp_path / "wf").mkdir()

@@ -32,6 +32,7 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
 pytestmark = [
     pytest.mark.slurm,
+    pytest.mark.slow,  # every test here runs the workflow
     # CI sets SCALEDIFF_REQUIRE_SLURM=1 after starting a scheduler: there a missing sbatch fails.
     pytest.mark.skipif(
         shutil.which("sbatch") is None and not os.environ.get("SCALEDIFF_REQUIRE_SLURM"),

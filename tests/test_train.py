@@ -230,6 +230,7 @@ def test_packing_fills_rows_without_exceeding_the_cutoff():
         assert all(r["labels"][i] == IGNORE for i in starts)  # no loss across an example boundary
 
 
+@pytest.mark.slow
 def test_packed_examples_do_not_attend_to_each_other(tmp_path):
     """Loss of a packed row == sum of the examples' losses alone (block-diagonal attention)."""
     import torch
@@ -405,6 +406,7 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
     assert curves[True] == pytest.approx(curves[False], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_is_on_in_the_trained_model(tmp_path, monkeypatch):
     """The setting reaches the model: the Trainer enables (non-reentrant) checkpointing on it."""
     import transformers
