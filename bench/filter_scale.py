@@ -141,8 +141,11 @@ def _problems(folder: Path) -> list[str]:
     return out
 
 
-def write_shards(folder: Path, rows: int, shard_rows: int, mean_tokens: int, seed: int = 0) -> list[Path]:
-    """Synthetic distill outputs: ``rows`` rows in shards of ``shard_rows`` (idempotent per folder)."""
+def write_shards(
+    folder: Path, rows: int, shard_rows: int, mean_tokens: int, seed: int = 0, corpus_chars: int = 32_000_000
+) -> list[Path]:
+    """Synthetic distill outputs: ``rows`` rows in shards of ``shard_rows`` (idempotent per folder); the
+    reasoning is cut from a ``corpus_chars`` text (large, so rows share no text within a Parquet page)."""
     done = folder / "done.json"
     if done.exists():
         return sorted(folder.glob("shard-*.parquet"))
@@ -150,7 +153,7 @@ def write_shards(folder: Path, rows: int, shard_rows: int, mean_tokens: int, see
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     longest = 32768 * CHARS_PER_TOKEN
-    corpus = _corpus(rng, 32_000_000)  # rows share no text within a Parquet page
+    corpus = _corpus(rng, max(corpus_chars, 2 * int(longest)))
     bench = _problems(BENCHMARK_DIR)
     sigma = 0.6
     mu = np.log(mean_tokens) - sigma**2 / 2  # log-normal with mean ``mean_tokens``
@@ -309,13 +312,16 @@ def _rss_mb(field: str = "VmRSS") -> float:
 
 
 class TreeRss:
-    """Peak of the summed VmRSS of a process and all its descendants, sampled every ``interval`` s in a
-    thread (a cgroup, e.g. a SLURM job's memory limit, charges the whole tree); with ``threads``, also
-    the CPU seconds of each thread of the process (last value seen) by thread name."""
+    """Peak of the summed VmRSS (and RssAnon) of a process and all its descendants, sampled every
+    ``interval`` s in a thread (a cgroup, e.g. a SLURM job's memory limit, charges the whole tree), with
+    the CPU seconds each process and each thread of the root process used (last value seen)."""
 
     def __init__(self, pid: int, interval: float = 0.2, threads: bool = False):
-        self.pid, self.interval, self.peak_kb = pid, interval, 0
+        self.pid, self.interval, self.peak_kb, self.peak_anon_kb = pid, interval, 0, 0
+        self.procs: dict[int, float] = {}  # pid -> CPU seconds
+        self.proc_peak_kb: dict[int, int] = {}  # pid -> its own peak (VmHWM)
         self._threads: dict[int, tuple[str, float]] | None = {} if threads else None
+        self._ticks = os.sysconf("SC_CLK_TCK")
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -335,34 +341,53 @@ class TreeRss:
         return out
 
     @staticmethod
-    def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    def status_kb(pid: int, *fields: str) -> list[int]:
+        out = dict.fromkeys(fields, 0)
         try:
             with open(f"/proc/{pid}/status") as fh:
                 for line in fh:
-                    if line.startswith(field + ":"):
-                        return int(line.split()[1])
+                    key = line.split(":", 1)[0]
+                    if key in out:
+                        out[key] = int(line.split()[1])
         except OSError:
             pass
-        return 0
+        return [out[f] for f in fields]
+
+    @staticmethod
+    def rss_kb(pid: int, field: str = "VmRSS") -> int:
+        return TreeRss.status_kb(pid, field)[0]
+
+    def _cpu(self, path: str) -> float | None:
+        try:
+            with open(path) as fh:
+                stat = fh.read()
+        except OSError:
+            return None
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / self._ticks  # utime + stime
 
     def sample(self) -> None:
-        self.peak_kb = max(self.peak_kb, sum(self.rss_kb(p) for p in self.tree(self.pid)))
+        rss = anon = 0
+        for p in self.tree(self.pid):
+            vm, an, hwm = self.status_kb(p, "VmRSS", "RssAnon", "VmHWM")
+            rss, anon = rss + vm, anon + an
+            self.proc_peak_kb[p] = max(self.proc_peak_kb.get(p, 0), hwm)
+            cpu = self._cpu(f"/proc/{p}/stat")
+            if cpu is not None:
+                self.procs[p] = cpu
+        self.peak_kb, self.peak_anon_kb = max(self.peak_kb, rss), max(self.peak_anon_kb, anon)
         if self._threads is not None:
-            names = {t.native_id: t.name for t in threading.enumerate()}  # Python threads of this process
+            # Python thread names are known for this process only
+            names = {t.native_id: t.name for t in threading.enumerate()} if self.pid == os.getpid() else {}
             for tid in os.listdir(f"/proc/{self.pid}/task"):
-                try:
-                    with open(f"/proc/{self.pid}/task/{tid}/stat") as fh:
-                        stat = fh.read()
-                except OSError:
-                    continue
-                fields = stat[stat.rindex(")") + 2 :].split()
-                ticks = int(fields[11]) + int(fields[12])  # utime + stime
-                name = names.get(int(tid)) or self._threads.get(int(tid), ("native",))[0]
-                self._threads[int(tid)] = (name, ticks / os.sysconf("SC_CLK_TCK"))
+                cpu = self._cpu(f"/proc/{self.pid}/task/{tid}/stat")
+                if cpu is not None:
+                    name = names.get(int(tid)) or self._threads.get(int(tid), ("native",))[0]
+                    self._threads[int(tid)] = (name, cpu)
 
     def thread_cpu(self) -> dict[str, float]:
-        """CPU seconds per thread: ``main``, Python threads by name (numbers dropped), ``native`` for the
-        rest (Arrow's thread pools)."""
+        """CPU seconds per thread of the root process: ``main``, Python threads by name (numbers dropped;
+        in this process only), ``native`` for the rest (e.g. Arrow's thread pools)."""
         out: dict[str, float] = {}
         for tid, (name, cpu) in (self._threads or {}).items():
             key = "main" if tid == self.pid else name.split("-")[0] if name.startswith("Thread-") else name
@@ -373,11 +398,12 @@ class TreeRss:
         while not self._done.wait(self.interval):
             self.sample()
 
-    def stop(self) -> float:
-        """Stop sampling (one last sample); the peak in MB."""
+    def stop(self, final_sample: bool = True) -> float:
+        """Stop sampling (one last sample unless the process is gone); the peak in MB."""
         self._done.set()
         self._thread.join()
-        self.sample()
+        if final_sample:
+            self.sample()
         return self.peak_kb / 1024
 
 
