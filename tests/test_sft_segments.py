@@ -155,3 +155,54 @@ def test_segment_minutes_ends_a_segment_on_the_trainers_own_clock(tmp_path):
     assert [p.name for p in (tmp_path / "model.run").glob("checkpoint-*")] == ["checkpoint-1"]
     stats = train(str(base), examples, str(tmp_path / "model"), {**settings, "segment_minutes": None}, max_steps=8)
     assert stats["resumed_from"] == str(tmp_path / "model.run" / "checkpoint-1") and stats["steps"] == 8
+
+
+SEGMENT_SNAKEFILE = """
+rule all:
+    input: "model"
+
+rule seg_train:
+    output: directory("model")
+    log: "train.log"
+    resources: slurm_extra="--requeue"
+    shell:
+        "echo segment start $SLURM_JOB_ID >> segments.txt;"  # Snakemake empties {{log}} at each start
+        " {python} -m scalediff.sft --data {data} --base-model {base} --output {{output}}"
+        ' --loss-csv loss.csv --summary summary.json --settings "$(cat {settings})" >> {{log}} 2>&1'
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("shutil").which("sbatch") is None, reason="no SLURM here (sbatch not on PATH)")
+def test_segments_requeue_the_same_slurm_job_until_done(tmp_path):
+    """On the real scheduler: each segment ends after its first step, the job requeues itself
+    (`scontrol requeue`, submitted with --requeue), the executor plugin keeps waiting on the PENDING
+    job, and the same job, rerun, resumes; Snakemake sees one job that completed, sacct its two
+    requeues. (SLURM holds a requeued job ~2 min before it starts again: ~6 min in all.)"""
+    from test_slurm import run_snakemake_slurm, sacct_job
+
+    base = build_tiny(tmp_path / "base")
+    data = _data(tmp_path, n=6)  # 3 steps of 2 examples
+    settings = {**SETTINGS, "segment_minutes": 1e-4}  # every segment ends after one step
+    workdir = tmp_path / "wf"
+    workdir.mkdir()
+    (workdir / "settings.json").write_text(json.dumps({"sft": settings}))
+    snakefile = workdir / "Snakefile"
+    snakefile.write_text(
+        SEGMENT_SNAKEFILE.format(python=sys.executable, data=data, base=base, settings=workdir / "settings.json")
+    )
+    proc = run_snakemake_slurm(workdir, snakefile=snakefile, extra_args=["--verbose"], timeout=1200)
+    jobids = set(__import__("re").findall(r"submitted with SLURM jobid (\d+)", proc.stdout + proc.stderr))
+    assert len(jobids) == 1, proc.stderr[-3000:]
+    [jobid] = jobids
+    assert sacct_job(jobid, retries=5)["job"]["State"] == "COMPLETED"
+    runs = subprocess.run(
+        ["sacct", "-D", "-X", "-n", "-P", "-j", jobid, "-o", "State"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert runs == ["REQUEUED", "REQUEUED", "COMPLETED"], runs
+    assert (workdir / "segments.txt").read_text().split("\n")[:-1] == [f"segment start {jobid}"] * 3
+    log = (workdir / "train.log").read_text()  # the last segment's
+    assert "resuming from model.run/checkpoint-2" in log, log[-3000:]
+    assert [s for s, _ in _losses(workdir / "loss.csv")] == [1, 2, 3]
+    assert json.loads((workdir / "summary.json").read_text())["steps"] == 3
