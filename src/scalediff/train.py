@@ -475,7 +475,11 @@ def train(
     # flash_attention_2 takes a packed row's restarting position_ids as separate sequences (varlen
     # kernels, no mask); sdpa/eager build its block-diagonal (tokens x tokens) mask.
     attn = settings.get("attn_implementation")
-    model = load_model(base_model, config_overrides, trust, attn_implementation=attn, bf16=bf16)
+    # bf16 weights only under DeepSpeed, whose optimizer keeps fp32 master weights; the plain Trainer
+    # would step bf16 parameters (its bf16 is autocast over fp32 weights).
+    model = load_model(
+        base_model, config_overrides, trust, attn_implementation=attn, bf16=bf16 and bool(settings.get("deepspeed"))
+    )
     trainer = _Trainer(
         model=model,
         args=args,
