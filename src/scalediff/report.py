@@ -239,8 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     write_csv(rows, paper, str(out / "paper_table.csv"))
     plot_scores(rows, paper, str(out / "scores.png"))
 
-    pool = read_rows(args.pool_difficulty)
-    gen = read_rows(args.generated_difficulty)
+    # only the columns used: the whole tables are 2M generated problems and ~2M paper-length solutions
+    pool = read_rows(args.pool_difficulty, columns=["difficult", "p_nothink"])
+    gen = read_rows(args.generated_difficulty, columns=["difficult", "p_nothink"])
     ratio = {
         name: (sum(r["difficult"] for r in rs) / len(rs) if rs else None)
         for name, rs in (("pool", pool), ("generated", gen))
@@ -260,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
             rs = list(csv.DictReader(fh))
         curves[Path(path).parent.name] = ([int(r["step"]) for r in rs], [float(r["loss"]) for r in rs])
     loss_curves(curves, str(out / "loss_curves.png"), "training loss")
-    lengths = token_lengths(read_rows(args.generated), read_rows(args.solutions))
+    generated = read_rows(args.generated, columns=["problem"])
+    lengths = token_lengths(generated, read_rows(args.solutions, columns=["origin", "completion_tokens"]))
     histograms(
         [
             ("generated problems (DiffGen)", "problem length (words)", lengths["problem_words"]),
