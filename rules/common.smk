@@ -256,6 +256,14 @@ def train_resources(section):
     return res
 
 
+def segmented(res):
+    """Training resources plus `--requeue`: a run ending a time-boxed segment (`segment_minutes`)
+    requeues its own job, which resumes from the segment's checkpoint (scalediff.train.end_segment).
+    """
+    extra = " ".join(x for x in (res.get("slurm_extra", ""), "--requeue") if x)
+    return res | {"slurm_extra": extra}
+
+
 def launcher(section):
     """How a training entry point starts: one process, or torchrun with one worker per GPU
     (multi-node: one torchrun per node from a single srun step, rendezvous on the job's first

@@ -2,14 +2,6 @@
 # (the paper's AM-Qwen3-Distilled-7B baseline), built when an eval model asks for it.
 
 
-def segmented(res):
-    """Training resources plus `--requeue`: a run ending a time-boxed segment (`segment_minutes`)
-    requeues its own job, which resumes from the segment's checkpoint (scalediff.train.end_segment).
-    """
-    extra = " ".join(x for x in (res.get("slurm_extra", ""), "--requeue") if x)
-    return res | {"slurm_extra": extra}
-
-
 # The Arrow file and token lengths, built on a CPU node before the GPU job (which only maps them).
 rule sft_data:
     input:

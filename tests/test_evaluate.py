@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,7 @@ def run_cli(
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-5000:]
+    (out_dir / "eval.log").write_text(proc.stderr)
     return json.loads(output.read_text()), pq.read_table(details).to_pylist()
 
 
@@ -145,6 +147,9 @@ def test_cli_end_to_end(tiny_model_dir, tmp_path):
         seed_rows = [r for r in rows if r["seed"] == seed]
         assert acc == pytest.approx(100.0 * sum(r["correct"] for r in seed_rows) / len(seed_rows))
     assert summary["mean"] == pytest.approx(sum(summary["per_seed"]) / 2)
+    # Every seed's completions come from one engine call (no per-seed long tail).
+    calls = re.findall(r"generated (\d+) completions .* in one call", (tmp_path / "a" / "eval.log").read_text())
+    assert calls == ["6"]
     # Different seeds sample differently.
     by_seed = {s: [r["completion"] for r in rows if r["seed"] == s] for s in (0, 1)}
     assert by_seed[0] != by_seed[1]

@@ -20,7 +20,7 @@ import logging
 import tempfile
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,15 +118,23 @@ class _NoCache:
 
 
 class EngineModel(LightevalModel):
-    """A lighteval model that generates through ``scalediff.engine.Engine``; set ``seed`` per run."""
+    """A lighteval model that generates through ``scalediff.engine.Engine``; set ``seed`` per run.
 
-    def __init__(self, engine: Engine, config: CustomModelConfig, batch_size: int):
+    lighteval runs one pipeline per seed. Generating per seed would leave the GPU idle on each
+    seed's long tail (a few 32K-token completions), ten times over; so the first run generates
+    every seed's completions in ONE engine call (per-request seeds ``row_seed(seed, id)``, as a
+    per-seed call would use) and each seed's run then reads its own from that set.
+    """
+
+    def __init__(self, engine: Engine, config: CustomModelConfig, seeds: Sequence[int] = (0,)):
         self.engine = engine
         self.config = config
-        self.batch_size = batch_size
+        self.seeds = list(seeds)
         self.seed = 0
         self._cache = _NoCache()
         self.last_run: dict[str, dict[str, Any]] = {}  # problem id -> prompt text and finish reason
+        self._generated: dict[tuple[int, str], Any] = {}  # (seed, problem id) -> Completion
+        self.generate_calls = 0
 
     @property
     def tokenizer(self) -> Any:
@@ -140,6 +148,23 @@ class EngineModel(LightevalModel):
     def max_length(self) -> int:
         return self.engine.max_model_len
 
+    def _generate(self, seeds: list[int], docs: list[Doc], prompts: list[list[int]], sampling: dict) -> None:
+        """One engine call for ``seeds`` x ``docs``; completions kept by (seed, problem id)."""
+        keys = [(seed, d.specific["id"]) for seed in seeds for d in docs]
+        t0 = time.time()
+        outputs = self.engine.generate(
+            [p for _ in seeds for p in prompts], sampling, seeds=[row_seed(seed, pid) for seed, pid in keys]
+        )
+        self.generate_calls += 1
+        self._generated.update((key, comps[0]) for key, comps in zip(keys, outputs, strict=True))
+        log.info(
+            "generated %d completions (%d problems x seeds %s) in one call (%.1fs)",
+            len(keys),
+            len(docs),
+            seeds,
+            time.time() - t0,
+        )
+
     def greedy_until(self, docs: list[Doc]) -> list[ModelResponse]:
         gen = self.config.generation_parameters
         prompts = [self.engine.chat_prompt([{"role": "user", "content": d.query}]) for d in docs]
@@ -152,28 +177,22 @@ class EngineModel(LightevalModel):
         if max_tokens < gen.max_new_tokens:
             log.warning("max_new_tokens capped to %d so the longest prompt fits the context", max_tokens)
         sampling = {"n": 1, "temperature": gen.temperature, "top_p": gen.top_p, "max_tokens": max_tokens}
+        if any((self.seed, d.specific["id"]) not in self._generated for d in docs):
+            # first run: every seed not run yet (from this one on); a seed outside the list: its own call
+            pending = self.seeds[self.seeds.index(self.seed) :] if self.seed in self.seeds else [self.seed]
+            self._generate(pending, docs, prompts, sampling)
         responses: list[ModelResponse] = []
         self.last_run = {}
-        t0 = time.time()
-        for start in range(0, len(docs), self.batch_size):
-            batch_docs = docs[start : start + self.batch_size]
-            batch_prompts = prompts[start : start + self.batch_size]
-            seeds = [row_seed(self.seed, d.specific["id"]) for d in batch_docs]
-            outputs = self.engine.generate(batch_prompts, sampling, seeds=seeds)
-            for doc, prompt, comps in zip(batch_docs, batch_prompts, outputs, strict=True):
-                comp = comps[0]
-                self.last_run[doc.specific["id"]] = {
-                    "prompt": self.engine.tokenizer.decode(prompt),
-                    "finish_reason": comp.finish_reason,
-                    "completion_tokens": comp.completion_tokens,
-                }
-                responses.append(
-                    ModelResponse(
-                        input=doc.query, input_tokens=prompt, text=[comp.text], output_tokens=[comp.token_ids]
-                    )
-                )
-            done = start + len(batch_docs)
-            log.info("seed %d: %d/%d problems (%.1fs)", self.seed, done, len(docs), time.time() - t0)
+        for doc, prompt in zip(docs, prompts, strict=True):
+            comp = self._generated.pop((self.seed, doc.specific["id"]))
+            self.last_run[doc.specific["id"]] = {
+                "prompt": self.engine.tokenizer.decode(prompt),
+                "finish_reason": comp.finish_reason,
+                "completion_tokens": comp.completion_tokens,
+            }
+            responses.append(
+                ModelResponse(input=doc.query, input_tokens=prompt, text=[comp.text], output_tokens=[comp.token_ids])
+            )
         return responses
 
     def loglikelihood(self, docs: list[Doc]) -> list[ModelResponse]:
@@ -295,7 +314,7 @@ def evaluate(
             temperature=eval_cfg["temperature"], top_p=eval_cfg["top_p"], max_new_tokens=eval_cfg["max_new_tokens"]
         ),
     )
-    model = EngineModel(engine, config, batch_size=int(engine_cfg.get("batch_size", 256)))
+    model = EngineModel(engine, config, seeds=seeds)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="scalediff-eval-") as workdir:
         data_dir = str(Path(workdir) / "data")
