@@ -78,6 +78,11 @@ CLUSTER_PROFILE = REPO / "profiles" / "slurm-cluster" / "config.yaml"
 def requests() -> tuple[dict[str, tuple[int, int]], tuple[int, int]]:
     """``{rule: (mem_mb, runtime minutes)}`` of the profile's CPU_RULES at PRESET=full (first attempt),
     and the cluster profile's default-resources for every other rule."""
+    return {rule: (mem, minutes) for rule, (_, mem, minutes) in _cpu_rules().items()}, _default_request()
+
+
+def _cpu_rules() -> dict[str, tuple[int, int, int]]:
+    """The profile's CPU_RULES at PRESET=full: ``{rule: (CPUs, mem_mb, runtime minutes)}``."""
     defs = yaml.safe_load(PROFILE.read_text())["__definitions__"][0]
     scope: dict[str, Any] = {"PRESET": "full"}
     env = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SCALEDIFF_SLURM_")}
@@ -85,10 +90,12 @@ def requests() -> tuple[dict[str, tuple[int, int]], tuple[int, int]]:
         exec(defs, scope)  # the profile's own Python block: CPU_RULES as the workflow sees it
     finally:
         os.environ.update(env)
-    rules = {rule: (mem, minutes) for rule, (_, mem, minutes) in scope["CPU_RULES"].items()}
+    return scope["CPU_RULES"]
+
+
+def _default_request() -> tuple[int, int]:
     cluster = yaml.safe_load(CLUSTER_PROFILE.read_text())["default-resources"]
-    default = tuple(int(eval(str(cluster[k]), {"attempt": 1})) for k in ("mem_mb", "runtime"))
-    return rules, default
+    return tuple(int(eval(str(cluster[k]), {"attempt": 1})) for k in ("mem_mb", "runtime"))
 
 
 # ---------------------------------------------------------------------------- synthetic inputs
@@ -363,6 +370,8 @@ def step_rows(label: str, out: Path, n: dict[str, int]) -> tuple[int, float]:
         return n["generated"], PAPER["generated"]
     if label.startswith("distill"):
         return n["solutions"], PAPER["solutions"]
+    if label == "report":  # the generated problems' and the solutions' columns
+        return n["solutions"] + n["generated"], PAPER["solutions"] + PAPER["generated"]
     stats = json.loads((f / "stats.json").read_text())
     inputs = stats["inputs"]["solutions"] + stats["inputs"]["pool_with_solution"]
     per_input = (PAPER["solutions"] + PAPER["pool"]) / inputs  # the same mix of teacher and pool rows
@@ -373,7 +382,7 @@ def step_rows(label: str, out: Path, n: dict[str, int]) -> tuple[int, float]:
     if label == "sft data":
         kept = sum(pq.ParquetFile(f / "dataset" / f"{s}.parquet").metadata.num_rows for s in ("original", "generated"))
         return kept, kept * per_input
-    return n["solutions"] + n["generated"], PAPER["solutions"] + PAPER["generated"]  # report
+    raise ValueError(label)
 
 
 def measure(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -406,31 +415,52 @@ def measure(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> dic
 def _linear(lo: dict | None, hi: dict, key: str, n: float) -> float:
     """``key`` at ``n`` rows through the two largest scales (never below the largest measured)."""
     if lo is None or hi["rows"] == lo["rows"]:
-        return hi[key] * n / hi["rows"] if key == "wall_s" else hi[key]
+        return hi[key]
     slope = (hi[key] - lo[key]) / (hi["rows"] - lo["rows"])
     return hi[key] + max(slope, 0.0) * (n - hi["rows"])
 
 
 def paper_estimate(label: str, lo: dict | None, hi: dict, workers: int) -> dict[str, Any]:
+    """Runtime and peak RSS at paper scale. The two multi-core steps are projected to the CPUs their rule
+    gets from CPU time per row (marginal between the scales), not from wall time on this machine:
+    ``filter rules``: the main thread and the main process's other threads each bound the rate, the
+    workers share theirs over ``filter.threads`` processes; ``sft data``: its main thread (Arrow cache)
+    plus its tokenizer threads' CPU shared over the rule's CPUs."""
     n = hi["paper_rows"]
-    est = {"runtime_min": _linear(lo, hi, "wall_s", n) / 60, "rss_mb": _linear(lo, hi, "peak_rss_mb", n)}
-    est["how"] = "linear in rows" if lo else "proportional to rows (one scale)"
-    if label == "filter rules" and lo is not None:
-        rows = hi["rows"] - lo["rows"]
-        per_row = {k: (hi[k] - lo[k]) / rows for k in ("cpu_s", "main_cpu_s", "main_thread_cpu_s")}
-        workers_s = per_row["cpu_s"] - per_row["main_cpu_s"]
-        other_s = per_row["main_cpu_s"] - per_row["main_thread_cpu_s"]
-        rate = min(1 / max(per_row["main_thread_cpu_s"], 1e-9), 1 / max(other_s, 1e-9), PAPER_WORKERS / workers_s)
-        # start-up (imports, benchmark index, pool pass): the intercept of wall time over rows
-        start = max(lo["wall_s"] - lo["rows"] * (hi["wall_s"] - lo["wall_s"]) / rows, 0.0)
-        est["runtime_min"] = (start + n / rate) / 60
-        est["rss_mb"] += (PAPER_WORKERS - workers) * hi["worker_peak_mb"]
-        est["rows_per_s"] = rate
-        est["how"] = (
-            f"CPU/row: main thread {1000 * per_row['main_thread_cpu_s']:.3f} ms, other threads "
-            f"{1000 * other_s:.3f} ms, workers {1000 * workers_s:.3f} ms -> {rate:,.0f} rows/s with "
-            f"{PAPER_WORKERS} workers; RSS + {PAPER_WORKERS - workers} x {hi['worker_peak_mb']:.0f} MB workers"
+    # runtime: at the largest scale's rows/s, start-up included (the marginal time of these quick steps
+    # is within the noise of a shared machine); memory: linear through the two largest scales
+    est = {"runtime_min": hi["wall_s"] * n / hi["rows"] / 60, "rss_mb": _linear(lo, hi, "peak_rss_mb", n)}
+    if label not in ("filter rules", "sft data") or lo is None:
+        return est
+    rows = hi["rows"] - lo["rows"]
+    per_row = {k: (hi[k] - lo[k]) / rows for k in ("cpu_s", "main_cpu_s", "main_thread_cpu_s")}
+    main_s = max(per_row["main_thread_cpu_s"], 1e-9)
+    other_s = max(per_row["main_cpu_s"] - per_row["main_thread_cpu_s"], 1e-9)  # the root's other threads
+    children_s = max(per_row["cpu_s"] - per_row["main_cpu_s"], 1e-9)  # worker processes
+    if label == "filter rules":
+        parallel = PAPER_WORKERS
+        rate = min(1 / main_s, 1 / other_s, parallel / children_s)
+        est["rss_mb"] += (parallel - workers) * hi["worker_peak_mb"]
+        what = (
+            f"main thread {1000 * main_s:.3f} ms, its other threads {1000 * other_s:.3f} ms, workers "
+            f"{1000 * children_s:.3f} ms -> {rate:,.0f} rows/s with {parallel} workers; RSS + "
+            f"{parallel - workers} x {hi['worker_peak_mb']:.0f} MB workers"
         )
+    else:
+        parallel = _cpu_rules().get(hi["rule"], (1,))[0]
+        rate = 1 / (main_s + other_s / parallel)
+        # the Arrow cache is memory-mapped: its pages are the page cache (shared, reclaimable), so the
+        # anonymous memory is what grows the job's footprint
+        est["rss_mb"] = _linear(lo, hi, "peak_anon_mb", n)
+        what = (
+            f"main thread {1000 * main_s:.3f} ms + tokenizer threads {1000 * other_s:.3f} ms / {parallel} CPUs "
+            f"-> {rate:,.0f} rows/s; RSS: anonymous memory only (the mapped Arrow cache is page cache)"
+        )
+    # start-up (imports, benchmark index, pool pass ...): the intercept of wall time over rows
+    start = max(lo["wall_s"] - lo["rows"] * (hi["wall_s"] - lo["wall_s"]) / rows, 0.0)
+    est["runtime_min"] = (start + n / rate) / 60
+    est["rows_per_s"] = rate
+    est["how"] = f"CPU per row: {what}"
     return est
 
 
@@ -442,6 +472,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="filter_rules' worker processes (the rule's threads)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/scalediff-paper-bench"))
     ap.add_argument("--keep", action="store_true", help="keep inputs and outputs for the next run")
+    ap.add_argument(
+        "--steps",
+        nargs="+",
+        metavar="RULE",
+        help="run only these rules (with the ones they read from), e.g. to take the slow sft_data out of a larger run",
+    )
     args = ap.parse_args()
 
     from sft_data import tokenizer
@@ -463,6 +499,8 @@ def main() -> None:
             flush=True,
         )
         for label, rule, cmd in steps(folder, inputs, args.workers, args.workdir / "tokenizer"):
+            if args.steps and (rule or "filter_gather") not in args.steps:  # model-shard feeds filter_gather
+                continue
             log = folder / "out" / f"{rule or 'model_shard'}.log"
             r = measure(cmd, log, env)
             if not rule:
@@ -506,7 +544,9 @@ def print_table(
     print(
         f"\nrows: at each scale; wall s, rows/s: at the largest (2 shared cores, filter rules with {workers} workers);"
         f" peak RSS: process tree, each scale; x: largest / smallest (goal <= 1.3 for 4x the rows); B/row: RSS"
-        f" growth per extra row. est.: paper scale, linear in rows through the two largest scales."
+        f" growth per extra row. est.: paper scale; runtime at the largest scale's rows/s, RSS linear through the"
+        f" two largest scales (an upper bound where the growth is buffers filling or allocator noise);"
+        f" filter rules and sft data from CPU per row at the rule's CPUs:"
     )
     for note in notes:
         print(note)
