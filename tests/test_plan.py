@@ -235,7 +235,8 @@ def test_activation_bytes_per_layer_match_what_autograd_keeps(arch, attn):
 
         ids = torch.randint(0, dims["vocab_size"], (1, tokens))
         positions = torch.cat([torch.arange(tokens // 2), torch.arange(tokens - tokens // 2)])[None]
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        # enable_grad: an in-process vLLM engine earlier in the session turns grad mode off globally
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(input_ids=ids, labels=ids, position_ids=positions, use_cache=False)
         return sum(seen.values())
 
