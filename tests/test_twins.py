@@ -146,7 +146,10 @@ def test_built_twin_keeps_the_real_limits_in_vllm(tmp_path):
         },
     }
     out = tmp_path / "twin"
-    tiny.build_twin(config, model_id, str(out), 0, str(tmp_path / "loss.csv"), str(tmp_path / "summary.json"))
+    import torch
+
+    with torch.enable_grad():  # an in-process engine earlier in the suite turns grad mode off globally
+        tiny.build_twin(config, model_id, str(out), 0, str(tmp_path / "loss.csv"), str(tmp_path / "summary.json"))
     twin = json.loads((out / tiny.TWIN_JSON).read_text())
     assert twin["real_config"] == _facts(model_id)["config"]
     assert twin["sources"] == _facts(model_id)["sources"]
