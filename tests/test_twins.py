@@ -150,6 +150,9 @@ def test_built_twin_keeps_the_real_limits_in_vllm(tmp_path):
 
     with torch.enable_grad():  # an in-process engine earlier in the suite turns grad mode off globally
         tiny.build_twin(config, model_id, str(out), 0, str(tmp_path / "loss.csv"), str(tmp_path / "summary.json"))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    # a shaping run shorter than the trainer's default logging interval must still report its losses
+    assert summary["steps"] == 2 and summary["first_loss"] is not None and summary["last_loss"] is not None
     twin = json.loads((out / tiny.TWIN_JSON).read_text())
     assert twin["real_config"] == _facts(model_id)["config"]
     assert twin["sources"] == _facts(model_id)["sources"]

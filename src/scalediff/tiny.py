@@ -275,6 +275,7 @@ def _shape(
         "bf16": False,
         "seed": seed,
         "epochs": 1,
+        "logging_steps": 1,  # every step's loss: a shaping run of fewer steps than the default interval logs none
     }
     stats = train(str(init_dir), examples, output, settings, loss_csv=loss_csv, max_steps=task["steps"] or None)
     shutil.rmtree(init_dir, ignore_errors=True)
