@@ -146,13 +146,9 @@ def report_inputs(tmp_path):
     return tmp_path, scores
 
 
-def test_cli_end_to_end(report_inputs):
-    d, scores = report_inputs
-    out = d / "report"
-    bench = d / "benchmarks" / "distill" / "distill_shard"  # a Snakemake benchmark file of one shard job
-    bench.mkdir(parents=True)
-    (bench / "1-of-2.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n754.2\t0:12:34\t2048.0\t1500.5\n")
-    cmd = [
+def report_cmd(d: Path, scores: list[str], out: Path) -> list[str]:
+    """The report's command line on the inputs of ``report_inputs``."""
+    return [
         sys.executable, "-m", "scalediff.report", "--scores", *scores,
         "--paper-table", str(REPO / "config" / "paper_table.yaml"), "--baseline-model", "student_base",
         "--select-summary", str(d / "select" / "summary.json"),
@@ -162,8 +158,17 @@ def test_cli_end_to_end(report_inputs):
         "--losses", str(d / "diffgen" / "loss.csv"), str(d / "sft" / "loss.csv"),
         "--generated", str(d / "diffgen" / "generated.parquet"),
         "--solutions", str(d / "distill" / "solutions.parquet"),
-        "--benchmarks-dir", str(d / "benchmarks"), "--out-dir", str(out),
+        "--out-dir", str(out),
     ]  # fmt: skip
+
+
+def test_cli_end_to_end(report_inputs):
+    d, scores = report_inputs
+    out = d / "report"
+    bench = d / "benchmarks" / "distill" / "distill_shard"  # a Snakemake benchmark file of one shard job
+    bench.mkdir(parents=True)
+    (bench / "1-of-2.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n754.2\t0:12:34\t2048.0\t1500.5\n")
+    cmd = [*report_cmd(d, scores, out), "--benchmarks-dir", str(d / "benchmarks")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     for name in ("paper_table.md", "paper_table.csv", "summary.json", "scores.png", "difficulty.png",
@@ -194,6 +199,78 @@ def test_cli_end_to_end(report_inputs):
     row = "| distill | distill_shard | 1 | 13 min | 13 min | 2.00 GiB | 25 min |"
     assert row in (out / "benchmarks.md").read_text()
     assert summary["benchmarks"]["distill"]["distill_shard"]["max_rss_mb"] == 2048.0
+
+
+def test_lengths_and_difficulty_match_the_whole_tables(report_inputs):
+    """The report streams its Parquet inputs a batch at a time; on tables of several row groups (origins
+    missing or empty, odd and even counts, unicode whitespace) its length statistics and difficult ratios
+    equal pandas' over the whole tables, and its figures equal those drawn from every raw value."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scalediff.plots import histogram, histograms
+
+    d, scores = report_inputs
+    rng = np.random.default_rng(0)
+    words = ["x", "y\u00a0z", "a\tb", "c\u2003d", "e\n"]
+    problems = [" ".join(rng.choice(words, k)) + " " * (k % 3) for k in rng.integers(1, 300, 2_501)]
+    tables = {
+        "diffgen/generated.parquet": {"problem": problems},
+        "distill/solutions.parquet": {
+            "origin": [(None, "", "generated", "original", "generated")[i % 5] for i in range(3_000)],
+            "completion_tokens": rng.integers(1, 20_000, 3_000),
+        },
+        "select/difficulty.parquet": {"difficult": rng.random(2_100) < 0.3, "p_nothink": rng.random(2_100).round(2)},
+        "select/generated/difficulty.parquet": {
+            "difficult": rng.random(1_500) < 0.9,
+            "p_nothink": rng.beta(1, 3, 1_500),
+        },
+    }
+    for name, columns in tables.items():
+        pq.write_table(pa.table(columns), d / name, row_group_size=700)
+    out = d / "report"
+    proc = subprocess.run(report_cmd(d, scores, out), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = read_json(out / "summary.json")
+
+    def stats(s: pd.Series) -> dict:
+        return {"n": len(s), "mean": pytest.approx(s.mean(), rel=1e-12), "median": s.median(), "max": s.max()}
+
+    words_per_problem = pd.read_parquet(d / "diffgen/generated.parquet")["problem"].map(lambda p: len(p.split()))
+    sol = pd.read_parquet(d / "distill/solutions.parquet")
+    sol["origin"] = [o or "all" for o in sol["origin"]]
+    tokens = {o: g for o, g in sol.groupby("origin")["completion_tokens"]}
+    assert summary["lengths"] == {
+        "problem_words": {"generated": stats(words_per_problem)},
+        "solution_tokens": {o: stats(g) for o, g in tokens.items()},
+    }
+    assert summary["lengths"]["solution_tokens"]["all"]["n"] == 1_200  # None and "" both count as "all"
+    p_nothink = {}
+    for name, path in (("pool", "select/difficulty.parquet"), ("generated", "select/generated/difficulty.parquet")):
+        df = pd.read_parquet(d / path)
+        assert summary["difficult_ratio"][name] == pytest.approx(df["difficult"].mean(), rel=1e-12)
+        p_nothink[name] = df["p_nothink"].tolist()
+
+    ratio = summary["difficult_ratio"]
+    title = (
+        f"difficult: pool {100 * ratio['pool']:.1f}% vs generated {100 * ratio['generated']:.1f}% (paper: ~34% vs ~88%)"
+    )
+    histogram([], d / "difficulty.png", xlabel="p_nothink", title=title, series=p_nothink)
+    histograms(
+        [
+            ("generated problems (DiffGen)", "problem length (words)", {"generated": words_per_problem.tolist()}),
+            (
+                "teacher solutions (distill)",
+                "solution length (completion tokens)",
+                {o: g.tolist() for o, g in tokens.items()},
+            ),
+        ],
+        d / "lengths.png",
+    )
+    for png in ("difficulty.png", "lengths.png"):
+        assert (out / png).read_bytes() == (d / png).read_bytes(), png
 
 
 # ---------------------------------------------------------------- snakemake --report

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
-import statistics
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import matplotlib
 import numpy as np
@@ -13,6 +14,35 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from scalediff.records import atomic_path  # noqa: E402
+
+
+class Tally(NamedTuple):
+    """A distribution as its distinct values (ascending) and how often each occurs: drawn and summarised
+    exactly as the values repeated, in memory that follows the distinct values rather than the rows."""
+
+    values: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    def mean(self) -> float:
+        # fsum then / n, as statistics.fmean; the same float for integer values (products exact below 2**53)
+        return math.fsum((self.values * self.counts).tolist()) / self.n
+
+    def median(self) -> float | int:
+        """``statistics.median`` of the values repeated: the middle value, or the mean of the two middle ones."""
+        ends = np.cumsum(self.counts)
+        lo, hi = (self.values[np.searchsorted(ends, k, side="right")].item() for k in ((self.n - 1) // 2, self.n // 2))
+        return lo if self.n % 2 else (lo + hi) / 2
+
+
+class Binned(NamedTuple):
+    """Counts already binned: ``counts[i]`` values in ``[edges[i], edges[i + 1])``, the last bin closed."""
+
+    counts: np.ndarray
+    edges: np.ndarray
 
 
 def save(fig, path: str | os.PathLike) -> None:
@@ -30,12 +60,17 @@ def histogram(
     bins: int = 40,
     marker: float | None = None,
     marker_label: str = "",
-    series: dict[str, Sequence[float]] | None = None,
+    series: dict[str, Sequence[float] | Binned] | None = None,
 ) -> None:
-    """One histogram (or several overlaid via ``series``), optionally with a vertical marker."""
+    """One histogram (or several overlaid via ``series``), optionally with a vertical marker.
+
+    A ``Binned`` series is drawn with its own edges (``bins`` does not apply): the same bars as its values."""
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for label, vals in (series or {"": values}).items():
-        if len(vals):
+        if isinstance(vals, Binned):
+            if vals.counts.sum():  # each left edge falls in its own bin, weighted by that bin's count
+                ax.hist(vals.edges[:-1], bins=vals.edges, weights=vals.counts, alpha=0.6, label=label or None)
+        elif len(vals):
             ax.hist(vals, bins=bins, alpha=0.6, label=label or None)
     if marker is not None:
         ax.axvline(marker, color="crimson", linestyle="--", label=marker_label or None)
@@ -63,22 +98,28 @@ def loss_curves(
 
 
 def histograms(
-    panels: Sequence[tuple[str, str, dict[str, Sequence[float]]]], path: str | os.PathLike, bins: int = 30
+    panels: Sequence[tuple[str, str, dict[str, Sequence[float] | Tally]]], path: str | os.PathLike, bins: int = 30
 ) -> None:
-    """Side-by-side panels ``(title, xlabel, {label: values})``; medians in the legend."""
+    """Side-by-side panels ``(title, xlabel, {label: values or Tally})``; medians in the legend."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
     for ax, (title, xlabel, series) in zip(axes[0], panels, strict=True):
-        every = [v for vals in series.values() for v in vals]
-        edges = np.histogram_bin_edges(every, bins=bins) if every else bins  # shared bins: comparable bars
-        for label, vals in series.items():
-            if len(vals):
-                median = statistics.median(vals)
-                ax.hist(vals, bins=edges, alpha=0.6, label=f"{label} (n={len(vals)}, median {median:g})")
-        if not any(len(v) for v in series.values()):
+        series = {k: v if isinstance(v, Tally) else _tally(v) for k, v in series.items()}
+        every = np.concatenate([t.values for t in series.values()]) if series else []
+        edges = np.histogram_bin_edges(every, bins=bins) if len(every) else bins  # shared bins: comparable bars
+        for label, t in series.items():
+            if t.n:
+                label = f"{label} (n={t.n}, median {t.median():g})"
+                ax.hist(t.values, bins=edges, weights=t.counts, alpha=0.6, label=label)
+        if not any(t.n for t in series.values()):
             ax.text(0.5, 0.5, "no rows", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("count")
-        if any(len(v) for v in series.values()):
+        if any(t.n for t in series.values()):
             ax.legend(fontsize=8)
     save(fig, path)
+
+
+def _tally(values: Sequence[float]) -> Tally:
+    values, counts = np.unique(np.asarray(values), return_counts=True)
+    return Tally(values, counts)
