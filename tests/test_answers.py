@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -196,3 +197,204 @@ def test_sandbox_deadline_kills_a_stuck_check_and_restarts():
     assert out["warm"][0] is True
     assert out["stuck"][0] is False and out["stuck"][1] < answers.TIMEOUT_SECONDS - 1, out
     assert out["after"][0] is True, out
+
+
+# ----------------------------------------------------------------------------- fast paths vs math-verify
+# is_parsable and answers_agree decide simple answers (plain integers, \frac, \sqrt, polynomials,
+# tuples/intervals/sets of such) without math-verify; their verdicts must be math-verify's own.
+def mv_parsable(answer: str) -> bool:
+    """Plain math-verify: the answer parses to a math object, not only its string fallback."""
+    import math_verify
+
+    answer = answer.strip()
+    parsed = math_verify.parse(
+        f"${answer}$", extraction_config=answers.EXTRACTION, parsing_timeout=answers.TIMEOUT_SECONDS
+    )
+    return bool(answer) and any(not isinstance(x, str) for x in parsed)
+
+
+def mv_agree(pred: str, gold: str) -> bool:
+    """Plain math-verify: the two bare answers are equal (at the eval metric's precision)."""
+    import math_verify
+
+    def parse(text: str) -> list:
+        return math_verify.parse(
+            f"${text.strip()}$", extraction_config=answers.EXTRACTION, parsing_timeout=answers.TIMEOUT_SECONDS
+        )
+
+    g, p = parse(gold), parse(pred)
+    try:
+        return bool(g and p and math_verify.verify(g, p, precision=answers.PRECISION))
+    except Exception:
+        return False
+
+
+HAND_PICKED = [
+    # integers, decimals
+    *("0", "-0", "7", "007", "-12", "123456789012345678", "1,000", "3.14", "-0.5", ".5", "1e5", "10^{1000}"),
+    # fractions, roots, pi, powers, polynomials
+    *("\\frac{3}{7}", "\\dfrac{1}{2}", "\\tfrac{1}{2}", "\\frac12", "-\\frac{1}{2}", "\\frac{0}{0}", "\\frac{1}{0}"),
+    *("2\\sqrt{3}", "\\sqrt{-4}", "\\frac{3\\pi}{4}", "\\sqrt{x}^{2}", "\\frac{1}{2}^{3}", "12^{34} - 5", "0^{-1}"),
+    *("x^2 + 3x - 5", "x^23", "2 \\cdot 3", "2(3+x)", "3.5^{2}", "10^{-3}", "(9^{9})^{9}", "e^{x}", "\\pi"),
+    # tuples, intervals, sets
+    *("(3, 5)", "[3, 50)", "(1, 2]", "[5, 3)", "(x, 3)", "(1, 2, 3)", "\\{1, 2, x\\}", "\\{1\\}", "\\{ \\}"),
+    *("(-\\infty, 3)", "(1, 2)^2", "-(1, 2)", "1, 2", "[2, I)", "[2, i)", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    # text answers, names, equations, percentages
+    *("x = 3", "5\\%", "\\text{odd}", "Monday", "ab", "a b", "f(2)", "x3", "2 3", "\\infty", "i", "E", "I"),
+    # malformed
+    *("", "   ", "???", "\\frac{", "\\frac{1}{", "\\sqrt{}", "(1, 2", "1 +", "^2", "{}", "\\frac{1}{2", "x^", "(,)"),
+]
+VARIABLES = "abcdefghjklmnopqrstuvwxyz"
+
+
+def _simple(rng, depth: int = 0) -> str:
+    """A random answer of the shapes the fast path takes (and some it must leave to math-verify)."""
+    big = str(rng.randint(100, 10**15 - 1))
+    number = rng.choice(["0", "1", str(rng.randint(2, 99)), str(rng.randint(2, 999)), big, f"{rng.random() * 100:.3f}"])
+    atoms = [number, rng.choice(VARIABLES), "\\pi"]
+    if depth < 1:
+        inner = lambda: _expr(rng, depth + 1)  # noqa: E731
+        atoms += [f"\\frac{{{inner()}}}{{{inner()}}}", f"\\dfrac{{{inner()}}}{{{inner()}}}", f"\\sqrt{{{inner()}}}"]
+        atoms.append(f"({inner()})")
+    atom = rng.choice(atoms)
+    if rng.random() < 0.3:
+        exponent = rng.choice([str(rng.randint(0, 9)), rng.choice(VARIABLES), f"{{{rng.randint(0, 999)}}}"])
+        atom += "^" + rng.choice([exponent, f"{{-{rng.randint(1, 99)}}}", f"{{{rng.choice(VARIABLES)}}}"])
+    return atom
+
+
+def _expr(rng, depth: int = 0) -> str:
+    terms = []
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        factors = [_simple(rng, depth) for _ in range(rng.choice([1, 1, 2]))]
+        terms.append(rng.choice(["", " \\cdot "]).join(factors))
+    out = terms[0]
+    for t in terms[1:]:
+        out += rng.choice([" + ", " - ", "+", "-"]) + t
+    return ("-" if rng.random() < 0.2 else "") + out
+
+
+def _answers(seed: int, n: int) -> list[str]:
+    """``n`` random answers: simple expressions, tuples/intervals/sets of them, and broken variants."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        kind = rng.random()
+        if kind < 0.55:
+            text = _expr(rng)
+        else:
+            parts = [_expr(rng, 1) for _ in range(rng.randint(2, 3))]
+            brackets = [("(", ")"), ("[", ")"), ("(", "]"), ("[", "]"), ("\\{", "\\}")]
+            left, right = rng.choice(brackets if len(parts) == 2 else brackets[:3] + brackets[-1:] * 2)
+            text = left + ", ".join(parts) + right
+        if rng.random() < 0.25:  # malformed: a character dropped, or junk inserted
+            i = rng.randrange(len(text))
+            text = text[:i] + text[i + 1 :] if rng.random() < 0.5 else text[:i] + rng.choice("{}()^\\,a ") + text[i:]
+        out.append(text)
+    return out
+
+
+def test_is_parsable_fast_path_matches_math_verify():
+    """Every answer gets math-verify's verdict: hand-picked ones (integers, fractions, decimals, roots,
+    intervals, sets, text, malformed) and random simple shapes with broken variants."""
+    generated = _answers(seed=13, n=250)
+    assert sum(map(answers._SimpleExpr.match, generated)) > 0.4 * len(generated)  # the fast path is exercised
+    wrong = [a for a in HAND_PICKED + generated if answers.is_parsable(a) != mv_parsable(a)]
+    assert not wrong, wrong
+
+
+def test_answers_agree_fast_path_matches_math_verify():
+    import random
+
+    rng = random.Random(7)
+    ints = ["0", "-0", "00", "7", "07", "-7", "33", "033", "123456789012345678", "123456789012345679", "1000"]
+    ints += [str(rng.randint(-(10**6), 10**6)) for _ in range(10)]
+    pairs = [(a, b) for a in ints for b in rng.sample(ints, 6)] + [(a, a) for a in ints]
+    pairs += [(f" {a} ", b) for a, b in pairs[:10]]  # surrounding spaces
+    pairs += [
+        ("1,000", "1000"), ("1000.0", "1000"), ("0.5", "\\frac{1}{2}"), ("\\frac{2}{4}", "\\frac{1}{2}"),
+        ("5", "\\frac{10}{2}"), ("2\\sqrt{2}", "\\sqrt{8}"), ("(1, 2)", "(1, 2)"), ("[1, 2)", "(1, 2)"),
+        ("\\{1, 2\\}", "\\{2, 1\\}"), ("x^2 - 1", "(x-1)(x+1)"), ("\\text{odd}", "\\text{odd}"), ("???", "3"),
+        ("", "1"), ("3", "-3"), ("1e5", "100000"), ("5\\%", "0.05"),
+    ]  # fmt: skip
+    wrong = [(p, g) for p, g in pairs if answers.answers_agree(p, g) != mv_agree(p, g)]
+    assert not wrong, wrong
+
+
+def test_filter_decisions_match_math_verify(tmp_path):
+    """The rules pass on mixed rows (one box, several boxes, originals with gold answers): its
+    math-verify reasons (unparsable_answer, boxed_disagree, gold_mismatch) are plain math-verify's."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scalediff import filter as flt
+
+    finals = HAND_PICKED[:60] + _answers(seed=5, n=40)
+    others = ["3", "7", "\\frac{1}{2}", "0.5", "\\frac{3}{7}", "2\\sqrt{3}", "\\sqrt{12}", "(3, 5)", "x", "007"]
+    golds = ["7", "007", "-7", "\\frac{6}{14}", "0.5", "\\sqrt{12}", "[3, 5)", "1,000", "x^2 + 3x - 5", "???"]
+    rows, pool, expected = [], [], {}
+
+    def add(pid: str, origin: str, boxes: list[str], gold: str | None = None) -> None:
+        shown = " ".join(f"$\\boxed{{{b}}}$" for b in boxes)
+        letters = pid[0] + "".join(chr(97 + int(c)) for c in pid[2:])  # distinct problems, no digits in common
+        problem = f"Find the value of the quantity named {letters} in the puzzle about {letters} apples."
+        rows.append(
+            {
+                "id": pid,
+                "sample": 0,
+                "problem": problem,
+                "origin": origin,
+                "source": "mixed",
+                "completion": f"<think>\nWork it out carefully, step by step.\n</think>\n\nSo {shown}.",
+                "finish_reason": "stop",
+                "prompt_tokens": 20,
+                "completion_tokens": 40,
+                "answer": None,
+            }
+        )
+        last = boxes[-1].strip()
+        reasons = set()
+        if last:
+            if not all(b.strip() == last or mv_agree(b, last) for b in boxes[:-1]):
+                reasons.add("boxed_disagree")
+            if not mv_parsable(last):
+                reasons.add("unparsable_answer")
+        if gold is not None:
+            pool.append({"id": pid, "problem": problem, "solution": None, "answer": gold, "origin": "original"})
+            pool[-1]["source"] = "pool"
+            if last and last != gold.strip() and not mv_agree(last, gold):
+                reasons.add("gold_mismatch")
+        expected[pid] = reasons
+
+    for i, final in enumerate(finals):
+        if not final.strip() or answers.extract_boxed(f"\\boxed{{{final}}}") != [final]:
+            continue  # an empty or unbalanced box is no_boxed or another box: not a math-verify decision
+        add(f"g-{i:03d}", "generated", [final])
+        add(f"m-{i:03d}", "generated", [others[i % len(others)], final])
+        add(f"p-{i:03d}", "original", [final], gold=golds[i % len(golds)])
+    solutions = tmp_path / "solutions.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), solutions)
+    pq.write_table(pa.Table.from_pylist(pool), tmp_path / "pool.parquet")
+    cfg = {"min_solution_tokens": 8, "dedup": {"enabled": False}, "model_based": {"enabled": False}}
+    bench = {"aime24": {"path": str(Path(__file__).resolve().parents[1] / "config/data/benchmarks/aime24.jsonl")}}
+    flt.run_rules(
+        str(solutions),
+        str(tmp_path / "pool.parquet"),
+        bench,
+        cfg,
+        str(tmp_path / "cand.parquet"),
+        str(tmp_path / "rr.parquet"),
+        str(tmp_path / "rs.json"),
+    )
+    math_reasons = {"boxed_disagree", "unparsable_answer", "gold_mismatch"}
+    got = {pid: set() for pid in expected}
+    for r in pq.read_table(tmp_path / "rr.parquet").to_pylist():
+        assert r["status"] == "rejected" and set(r["reasons"].split(",")) <= math_reasons, r
+        got[r["id"]] = set(r["reasons"].split(","))
+    kept = set(pq.read_table(tmp_path / "cand.parquet", columns=["id"]).column("id").to_pylist())
+    assert kept == {pid for pid, reasons in got.items() if not reasons}
+    assert len(kept) > len(got) / 4 and sum(bool(r) for r in got.values()) > 20  # both outcomes are covered
+    wrong = {pid: (got[pid], want) for pid, want in expected.items() if got[pid] != want}
+    assert not wrong, wrong

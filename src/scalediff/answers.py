@@ -231,6 +231,163 @@ def parse(text: str) -> list:
 _PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
+# ---------------------------------------------------------------------------- exact fast paths
+# math-verify spends milliseconds per answer in an ANTLR parser written in Python (~3 ms per row of the
+# filter, most of a worker's time). Answers of a few simple shapes get math-verify's verdict without it:
+# every shape below parses, and compares, the same way whatever its numbers, with no sympy work that
+# could time out; anything else goes to math-verify. tests/test_answers.py checks both paths agree.
+_SIMPLE_MAX_CHARS = 120
+# numbers (<= 15 digits, so no power below gets big), lower-case one-letter variables (not ``i``: it
+# makes math-verify treat the answer as complex), a few commands, operators and brackets
+_SIMPLE_TOKEN = re.compile(
+    r"\s*(?:(?P<num>\d{1,15}(?:\.\d{1,15})?)|(?P<var>[a-hj-z])(?![a-zA-Z])|(?P<cmd>\\(?:d?frac|sqrt|pi|cdot)"
+    r"(?![a-zA-Z]))|(?P<op>\\[{}]|[-+^{}()\[\],]))"
+)
+
+
+class _SimpleExpr:
+    """Recogniser of simple answers: sums and implicit products of numbers, one-letter variables, ``\\pi``,
+    ``\\frac``/``\\dfrac``, ``\\sqrt``, brackets and powers with a small exponent (one digit, a variable
+    or ``{[-]ddd}``; never a power of a power, so no tower), alone or as a tuple/interval/set of such.
+
+    ``match(text)`` is True only when all of ``text`` is such an answer; math-verify parses each of
+    them into a sympy object (never only its string fallback) in well under its timeout.
+    """
+
+    def __init__(self, text: str):
+        self.tokens: list[tuple[str, str]] = []
+        pos = 0
+        while pos < len(text):
+            m = _SIMPLE_TOKEN.match(text, pos)
+            if m is None:
+                if text[pos:].strip():
+                    raise ValueError(text)
+                break
+            self.tokens.append((m.lastgroup or "", m.group(m.lastgroup or 0)))
+            pos = m.end()
+        self.i = 0
+
+    @classmethod
+    def match(cls, text: str) -> bool:
+        if len(text) > _SIMPLE_MAX_CHARS:
+            return False
+        try:
+            parser = cls(text)
+            parser.top()
+            return parser.i == len(parser.tokens)
+        except (ValueError, IndexError):
+            return False
+
+    def peek(self) -> tuple[str, str]:
+        return self.tokens[self.i] if self.i < len(self.tokens) else ("", "")
+
+    def take(self, value: str) -> None:
+        if self.peek()[1] != value:
+            raise ValueError(value)
+        self.i += 1
+
+    def top(self) -> None:
+        """An expression, or a tuple/interval ``(a, b]`` or set ``\\{a, b\\}`` of two or more."""
+        opening = self.peek()[1]
+        if opening in ("(", "[", "\\{"):
+            start = self.i
+            self.i += 1
+            self.expr()
+            if self.peek()[1] == ",":
+                items = 1
+                while self.peek()[1] == ",":
+                    self.i += 1
+                    self.expr()
+                    items += 1
+                closing = self.peek()[1]
+                # an interval has two ends: ``(a, b, c]`` does not parse, ``(a, b, c)`` is a tuple
+                if opening == "\\{":
+                    allowed: tuple[str, ...] = ("\\}",)
+                elif items == 2:
+                    allowed = (")", "]")
+                else:
+                    allowed = (")",) if opening == "(" else ()
+                if closing not in allowed:
+                    raise ValueError(closing)
+                self.i += 1
+                return
+            self.i = start  # a bracketed expression: parsed as one below
+        self.expr()
+
+    def expr(self) -> None:
+        if self.peek()[1] == "-":
+            self.i += 1
+        self.term()
+        while self.peek()[1] in ("+", "-"):
+            self.i += 1
+            self.term()
+
+    def term(self) -> None:
+        previous = self.factor()
+        while True:
+            kind, value = self.peek()
+            if value == "\\cdot":
+                self.i += 1
+                previous = self.factor()
+            elif kind in ("num", "var") or value in ("\\frac", "\\dfrac", "\\sqrt", "\\pi", "("):
+                if kind == "num" or kind == previous == "var":
+                    raise ValueError(value)  # a number only leads a product (``x 3``, ``2 3``); ``a b``: a name?
+                if value == "(" and previous == "var":
+                    raise ValueError(value)  # ``f(2)``: a function call
+                previous = self.factor()
+            else:
+                return
+
+    def factor(self) -> str:
+        """One factor; returns its kind for ``term``: num, var, power or other."""
+        kind, value = self.peek()
+        self.i += 1
+        powered = False  # the base holds a power already: no power on top of it
+        if kind in ("num", "var") or value == "\\pi":
+            pass
+        elif value in ("\\frac", "\\dfrac"):
+            powered = self.group() | self.group()
+        elif value == "\\sqrt":
+            powered = self.group()
+        elif value == "(":
+            powered = self.inner(")")
+        else:
+            raise ValueError(value)
+        if self.peek()[1] != "^":
+            return kind if kind in ("num", "var") else "other"
+        if powered:
+            raise ValueError("^")
+        self.i += 1
+        ekind, evalue = self.peek()
+        self.i += 1
+        if ekind == "num" and len(evalue) == 1 or ekind == "var":
+            return "power"
+        if evalue != "{":
+            raise ValueError(evalue)
+        if self.peek()[1] == "-":
+            self.i += 1
+        ekind, evalue = self.peek()
+        self.i += 1
+        if not (ekind == "var" or ekind == "num" and evalue.isdigit() and len(evalue) <= 3):
+            raise ValueError(evalue)
+        self.take("}")
+        return "power"
+
+    def group(self) -> bool:
+        self.take("{")
+        return self.inner("}")
+
+    def inner(self, closing: str) -> bool:
+        """An expression up to ``closing``; whether it holds a power."""
+        start = self.i
+        self.expr()
+        self.take(closing)
+        return any(value == "^" for _, value in self.tokens[start : self.i])
+
+
+_INTEGER = re.compile(r"-?\d{1,18}")
+
+
 def _is_parsable(answer: str) -> bool:
     return bool(answer.strip()) and any(not isinstance(x, str) for x in _parse(wrap_gold(answer)))
 
@@ -240,10 +397,12 @@ def is_parsable(answer: str) -> bool:
     """math-verify turns the answer into a math object, not only its raw-string fallback.
 
     For junk such as ``???`` or ``\\frac{`` math-verify returns just the string itself. Plain numbers
-    (most competition answers) always parse, so they skip the symbolic work; repeated answers hit
+    (most competition answers) and other simple shapes (``_SimpleExpr``: ``\\frac{3}{7}``, ``2\\sqrt{5}``,
+    ``x^2 + 3x - 1``, ``[2, 7)`` ...) always parse, so they skip the symbolic work; repeated answers hit
     a bounded cache (math-verify costs milliseconds per call).
     """
-    if _PLAIN_NUMBER.fullmatch(answer.strip()):
+    stripped = answer.strip()
+    if _PLAIN_NUMBER.fullmatch(stripped) or _SimpleExpr.match(stripped):
         return True
     return _is_parsable(answer) if _on_main_thread() else _in_sandbox("is_parsable", (answer,), False)
 
@@ -266,7 +425,14 @@ def _score_prediction(completion: str, gold: str) -> bool:
 
 
 def answers_agree(pred: str, gold: str) -> bool:
-    """Whether two final answers (bare LaTeX, no ``$``/box) are mathematically equal."""
+    """Whether two final answers (bare LaTeX, no ``$``/box) are mathematically equal.
+
+    Two plain integers (``-?\\d{1,18}``: math-verify reads them exactly, leading zeros and ``-0`` too) are
+    compared here, without math-verify.
+    """
+    p, g = pred.strip(), gold.strip()
+    if _INTEGER.fullmatch(p) and _INTEGER.fullmatch(g):
+        return int(p) == int(g)
     if _on_main_thread():
         return _answers_agree(pred, gold)
     return _in_sandbox("answers_agree", (pred, gold), False)
