@@ -25,6 +25,7 @@ include: "rules/sft.smk"
 include: "rules/eval.smk"
 include: "rules/report.smk"
 include: "rules/export.smk"
+include: "rules/experiments.smk"
 
 
 rule all:

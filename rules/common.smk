@@ -6,6 +6,7 @@ import sys
 
 from scalediff.download import HUB_ID
 from scalediff.download import local_name as hub_local_name
+from scalediff import experiments as xp
 
 from snakemake.utils import validate
 
@@ -48,6 +49,49 @@ def check_references(config):
 check_references(config)
 
 
+# Experiments (`experiments:`): each variant is the main config with its overrides; a stage whose
+# settings (and upstream stages') equal the main run's is read from the main run, the others run
+# under results/experiments/<name>/. Rules carry that prefix in the `exp` wildcard ("" = main run).
+EXPERIMENTS = sorted(config.get("experiments") or {})
+VARIANTS = {name: xp.variant_config(config, name) for name in EXPERIMENTS}
+for _name, _variant in VARIANTS.items():
+    try:
+        validate(_variant, "../config/schema.yaml")
+    except Exception as exc:
+        raise ValueError(
+            f"config experiments.{_name}: the config with its overrides is invalid: {exc}"
+        ) from exc
+    check_references(_variant)
+PREFIXES = xp.stage_prefixes(config)
+
+
+def xconfig(wildcards):
+    """The config of a job's experiment: the main config, or a variant's."""
+    exp = wildcards.get("exp", "")
+    return VARIANTS[xp.name_of(exp)] if exp else config
+
+
+def prefix(wildcards, stage):
+    """Where this job's experiment reads `stage` from: "" (the main run) or its own folder."""
+    exp = wildcards.get("exp", "")
+    return PREFIXES[xp.name_of(exp)][stage] if exp else ""
+
+
+def run_name(wildcards):
+    """`main`, or the experiment a job belongs to."""
+    exp = wildcards.get("exp", "")
+    return xp.name_of(exp) if exp else "main"
+
+
+# Whether the student is a tiny demo model (the experiments report says so beside every figure).
+DEMO = any(k in config["models"]["student_base"] for k in ("tiny", "twin"))
+
+
+def at(stage, path):
+    """Input function: `path` under `stage`'s results for the job's experiment."""
+    return lambda wildcards: f"{R}/{prefix(wildcards, stage)}{path}"
+
+
 # Names `engine.models` may configure: the generating roles (the trained generator included) and
 # every evaluated model. A misspelt name would otherwise be silently ignored.
 _ENGINE_MODELS = {"selector", "generator", "teacher", "student_base", *EVAL_MODELS}
@@ -57,17 +101,22 @@ if _unknown := sorted(set(config["engine"].get("models", {})) - _ENGINE_MODELS):
     )
 
 
-# SFT variants some eval model asks for: `scalediff` (original + generated), `original` (baseline).
-SFT_VARIANTS = sorted(
-    {
-        {"student": "scalediff", "student_original": "original"}[ref["trained"]]
-        for ref in config["eval"]["models"].values()
-        if ref.get("trained", "").startswith("student")
-    }
-)
+def sft_variants(cfg):
+    """SFT runs some eval model asks for: `scalediff` (original + generated), `original` (baseline)."""
+    return sorted(
+        {
+            {"student": "scalediff", "student_original": "original"}[ref["trained"]]
+            for ref in cfg["eval"]["models"].values()
+            if ref.get("trained", "").startswith("student")
+        }
+    )
+
+
+SFT_VARIANTS = sft_variants(config)
 
 
 wildcard_constraints:
+    exp="(" + "|".join(re.escape(xp.variant_prefix(n)) for n in EXPERIMENTS) + ")?",
     variant="scalediff|original",
     role="|".join(TINY_ROLES) or "NONE",
     twin="|".join(re.escape(k) for k in TWINS) or "NONE",
@@ -88,12 +137,13 @@ def settings(**sections):
     return json.dumps(sections, sort_keys=True)
 
 
-def engine_settings(model):
+def engine_settings(model, cfg=None):
     """vLLM settings for one model (a `models` role or an `eval.models` name): `engine` with the
     model's own entry under `engine.models` on top (context length, KV cache, rope overrides).
     """
-    base = {k: v for k, v in config["engine"].items() if k != "models"}
-    return base | config["engine"].get("models", {}).get(model, {})
+    cfg = cfg or config
+    base = {k: v for k, v in cfg["engine"].items() if k != "models"}
+    return base | cfg["engine"].get("models", {}).get(model, {})
 
 
 # Hub downloads (`hub:`): every Hub model and dataset the config names is fetched once by a local
@@ -170,8 +220,10 @@ def pool_inputs():
     return files + hub
 
 
-def model_path(ref):
-    """Where a model reference (config `models`/`eval.models` entry) lives on disk or the Hub."""
+def model_path(ref, trained_prefix=""):
+    """Where a model reference (config `models`/`eval.models` entry) lives on disk or the Hub
+    (`trained_prefix`: the experiment folder of the stage that trains it, "" for the main run).
+    """
     if "tiny" in ref:
         if ref["tiny"] not in TINY_ROLES:
             raise ValueError(
@@ -187,52 +239,89 @@ def model_path(ref):
         return f"{R}/models/twins/{key}"
     if "trained" in ref:
         return {
-            "student": f"{R}/sft/scalediff/model",
-            "student_original": f"{R}/sft/original/model",
-            "generator": f"{R}/diffgen/model",
+            "student": f"{R}/{trained_prefix}sft/scalediff/model",
+            "student_original": f"{R}/{trained_prefix}sft/original/model",
+            "generator": f"{R}/{trained_prefix}diffgen/model",
         }[ref["trained"]]
     if from_hub(ref["path"]):
         return hub_dir(ref["path"])
     return ref["path"]
 
 
-def model_input(ref):
+def model_input(ref, trained_prefix=""):
     """File dependency for a model: built, trained or downloaded here -> its directory; a local
     directory or (without `hub:`) a Hub id -> none."""
     built = "tiny" in ref or "twin" in ref or "trained" in ref
-    return [model_path(ref)] if built or from_hub(ref.get("path", "")) else []
+    if built or from_hub(ref.get("path", "")):
+        return [model_path(ref, trained_prefix)]
+    return []
 
 
-def role_model(role):
-    return model_path(config["models"][role])
+def role_model(role, cfg=None):
+    return model_path((cfg or config)["models"][role])
 
 
 def role_input(role):
-    return model_input(config["models"][role])
+    """Input function: the model a role names in the job's experiment (a variant may swap one)."""
+    return lambda wildcards: model_input(xconfig(wildcards)["models"][role])
 
 
 def model_arg(role):
     """Params function: the model a rule loads (its input dir when built here, else the Hub id)."""
 
     def resolve(wildcards, input):
-        return input.model if input.get("model") else role_model(role)
+        if input.get("model"):
+            return input.model
+        return role_model(role, xconfig(wildcards))
 
     return resolve
 
 
 def filter_student_input(wildcards):
     """The student base is only needed (and built) when the model-based filter is on."""
-    return (
-        role_input("student_base") if config["filter"]["model_based"]["enabled"] else []
-    )
+    cfg = xconfig(wildcards)
+    if cfg["filter"]["model_based"]["enabled"]:
+        return role_input("student_base")(wildcards)
+    return []
 
 
 def eval_model(wildcards):
-    return config["eval"]["models"][wildcards.model]
+    return xconfig(wildcards)["eval"]["models"][wildcards.model]
+
+
+def eval_prefix(wildcards):
+    """The experiment folder of the stage that trained the evaluated model ("" for the main run)."""
+    exp = wildcards.get("exp", "")
+    if not exp:
+        return ""
+    ref = eval_model(wildcards)
+    stage = xp.TRAINED_BY.get(ref.get("trained", ""))
+    return PREFIXES[xp.name_of(exp)][stage] if stage else ""
+
+
+def eval_model_input(wildcards):
+    return model_input(eval_model(wildcards), eval_prefix(wildcards))
 
 
 def eval_model_arg(wildcards, input):
-    return input.model if input.get("model") else model_path(eval_model(wildcards))
+    if input.get("model"):
+        return input.model
+    return model_path(eval_model(wildcards), eval_prefix(wildcards))
+
+
+def eval_scores(exp_name, cfg, suffix=".json"):
+    """Every evaluation of experiment `exp_name` ("" for the main run): the variant's own where it
+    recomputes them, the main run's otherwise."""
+    prefixes = PREFIXES.get(exp_name)
+    out = []
+    for model in sorted(cfg["eval"]["models"]):
+        where = (
+            xp.eval_prefix(prefixes, cfg["eval"]["models"][model]) if prefixes else ""
+        )
+        out += [
+            f"{R}/{where}eval/{model}/{b}{suffix}" for b in sorted(cfg["benchmarks"])
+        ]
+    return out
 
 
 def train_resources(section):
@@ -290,7 +379,23 @@ def sft_data(wildcards):
     splits = (
         ["original"] if wildcards.variant == "original" else ["original", "generated"]
     )
-    return [f"{R}/filter/dataset/{split}.parquet" for split in splits]
+    root = f"{R}/{prefix(wildcards, 'filter')}filter/dataset"
+    return [f"{root}/{split}.parquet" for split in splits]
+
+
+def sft_difficulty(wildcards):
+    """The selector's labels, when the mix keeps only the difficult pool problems."""
+    if xconfig(wildcards).get("sft_mix", {}).get("original", "all") != "difficult":
+        return []
+    return [f"{R}/{prefix(wildcards, 'select')}select/difficulty.parquet"]
+
+
+def sft_mix(wildcards):
+    """`sft_mix` for one SFT run: the original-only run takes only its original-data keys."""
+    mix = xconfig(wildcards).get("sft_mix", {})
+    if wildcards.variant == "original":
+        return {k: v for k, v in mix.items() if k != "generated_ratio"}
+    return mix
 
 
 def benchmark_data(benchmark):

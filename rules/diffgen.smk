@@ -4,17 +4,17 @@
 rule diffgen_train:
     input:
         problems=f"{R}/ingest/pool.parquet",
-        difficulty=f"{R}/select/difficulty.parquet",
+        difficulty=at("select", "select/difficulty.parquet"),
         model=role_input("generator_base"),
         plan=PREFLIGHT,
     output:
-        model=directory(f"{R}/diffgen/model"),
-        loss=f"{R}/diffgen/loss.csv",
-        summary=f"{R}/diffgen/train_summary.json",
+        model=directory(f"{R}/{{exp}}diffgen/model"),
+        loss=f"{R}/{{exp}}diffgen/loss.csv",
+        summary=f"{R}/{{exp}}diffgen/train_summary.json",
     log:
-        f"{LOGS}/diffgen/train.log",
+        f"{R}/{{exp}}logs/diffgen/train.log",
     benchmark:
-        f"{R}/benchmarks/diffgen/diffgen_train.tsv"
+        f"{R}/{{exp}}benchmarks/diffgen/diffgen_train.tsv"
     conda:
         CONDA_ENV
     resources:
@@ -22,7 +22,7 @@ rule diffgen_train:
     params:
         launch=launcher(config["diffgen"]["train"]),
         base=model_arg("generator_base"),
-        settings=lambda w: settings(diffgen=config["diffgen"]),
+        settings=lambda w: settings(diffgen={"train": xconfig(w)["diffgen"]["train"]}),
     shell:
         "{params.launch} scalediff.diffgen train --problems {input.problems} --difficulty {input.difficulty}"
         " --base-model {params.base} --output {output.model} --loss-csv {output.loss}"
@@ -31,22 +31,22 @@ rule diffgen_train:
 
 rule diffgen_sample:
     input:
-        model=f"{R}/diffgen/model",
+        model=at("diffgen_train", "diffgen/model"),
         plan=PREFLIGHT,
     output:
-        problems=f"{R}/diffgen/samples/{{scatteritem}}.parquet",
-        rejects=f"{R}/diffgen/samples/{{scatteritem}}.rejects.parquet",
+        problems=f"{R}/{{exp}}diffgen/samples/{{scatteritem}}.parquet",
+        rejects=f"{R}/{{exp}}diffgen/samples/{{scatteritem}}.rejects.parquet",
     log:
-        f"{LOGS}/diffgen/sample_{{scatteritem}}.log",
+        f"{R}/{{exp}}logs/diffgen/sample_{{scatteritem}}.log",
     benchmark:
-        f"{R}/benchmarks/diffgen/diffgen_sample/{{scatteritem}}.tsv"
+        f"{R}/{{exp}}benchmarks/diffgen/diffgen_sample/{{scatteritem}}.tsv"
     conda:
         CONDA_ENV
     params:
         settings=lambda w: settings(
-            seed=config["seed"],
-            engine=engine_settings("generator"),
-            diffgen=config["diffgen"],
+            seed=xconfig(w)["seed"],
+            engine=engine_settings("generator", xconfig(w)),
+            diffgen={"sample": xconfig(w)["diffgen"]["sample"]},
         ),
     shell:
         "python -m scalediff.diffgen sample --model {input.model} --shard {wildcards.scatteritem}"
@@ -55,16 +55,20 @@ rule diffgen_sample:
 
 rule diffgen_gather:
     input:
-        problems=gather.diffgen(f"{R}/diffgen/samples/{{scatteritem}}.parquet"),
-        rejects=gather.diffgen(f"{R}/diffgen/samples/{{scatteritem}}.rejects.parquet"),
+        problems=gather.diffgen(
+            f"{R}/{{{{exp}}}}diffgen/samples/{{scatteritem}}.parquet"
+        ),
+        rejects=gather.diffgen(
+            f"{R}/{{{{exp}}}}diffgen/samples/{{scatteritem}}.rejects.parquet"
+        ),
     output:
-        problems=f"{R}/diffgen/generated.parquet",
-        rejects=f"{R}/diffgen/rejects.parquet",
-        summary=f"{R}/diffgen/summary.json",
+        problems=f"{R}/{{exp}}diffgen/generated.parquet",
+        rejects=f"{R}/{{exp}}diffgen/rejects.parquet",
+        summary=f"{R}/{{exp}}diffgen/summary.json",
     log:
-        f"{LOGS}/diffgen/gather.log",
+        f"{R}/{{exp}}logs/diffgen/gather.log",
     benchmark:
-        f"{R}/benchmarks/diffgen/diffgen_gather.tsv"
+        f"{R}/{{exp}}benchmarks/diffgen/diffgen_gather.tsv"
     conda:
         CONDA_ENV
     shell:
@@ -76,24 +80,24 @@ rule select_generated_shard:
     # The selector scores the generated problems too (the paper: ~88% difficult vs ~34% of the
     # pool): ~2M problems at paper scale, so it is a sharded GPU stage like select.
     input:
-        problems=f"{R}/diffgen/generated.parquet",
+        problems=at("diffgen", "diffgen/generated.parquet"),
         model=role_input("selector"),
         plan=PREFLIGHT,
     output:
-        scores=f"{R}/select/generated/shards/{{scatteritem}}.parquet",
-        rejects=f"{R}/select/generated/shards/{{scatteritem}}.rejects.parquet",
+        scores=f"{R}/{{exp}}select/generated/shards/{{scatteritem}}.parquet",
+        rejects=f"{R}/{{exp}}select/generated/shards/{{scatteritem}}.rejects.parquet",
     log:
-        f"{LOGS}/select/generated_shard_{{scatteritem}}.log",
+        f"{R}/{{exp}}logs/select/generated_shard_{{scatteritem}}.log",
     benchmark:
-        f"{R}/benchmarks/select/select_generated_shard/{{scatteritem}}.tsv"
+        f"{R}/{{exp}}benchmarks/select/select_generated_shard/{{scatteritem}}.tsv"
     conda:
         CONDA_ENV
     params:
         model=model_arg("selector"),
         settings=lambda w: settings(
-            seed=config["seed"],
-            engine=engine_settings("selector"),
-            select=config["select"],
+            seed=xconfig(w)["seed"],
+            engine=engine_settings("selector", xconfig(w)),
+            select=xconfig(w)["select"],
         ),
     shell:
         "python -m scalediff.select shard --problems {input.problems} --model {params.model}"
@@ -104,28 +108,28 @@ rule select_generated_shard:
 rule select_generated_gather:
     input:
         scores=gather.select_generated(
-            f"{R}/select/generated/shards/{{scatteritem}}.parquet"
+            f"{R}/{{{{exp}}}}select/generated/shards/{{scatteritem}}.parquet"
         ),
         rejects=gather.select_generated(
-            f"{R}/select/generated/shards/{{scatteritem}}.rejects.parquet"
+            f"{R}/{{{{exp}}}}select/generated/shards/{{scatteritem}}.rejects.parquet"
         ),
     output:
-        scores=f"{R}/select/generated/difficulty.parquet",
-        rejects=f"{R}/select/generated/rejects.parquet",
-        summary=f"{R}/select/generated/summary.json",
+        scores=f"{R}/{{exp}}select/generated/difficulty.parquet",
+        rejects=f"{R}/{{exp}}select/generated/rejects.parquet",
+        summary=f"{R}/{{exp}}select/generated/summary.json",
         plot=report(
-            f"{R}/select/generated/p_nothink.png",
+            f"{R}/{{exp}}select/generated/p_nothink.png",
             caption="report/select_generated_p_nothink.rst",
             category="1. select",
         ),
     log:
-        f"{LOGS}/select/generated_gather.log",
+        f"{R}/{{exp}}logs/select/generated_gather.log",
     benchmark:
-        f"{R}/benchmarks/select/select_generated_gather.tsv"
+        f"{R}/{{exp}}benchmarks/select/select_generated_gather.tsv"
     conda:
         CONDA_ENV
     params:
-        settings=lambda w: settings(select=config["select"]),
+        settings=lambda w: settings(select=xconfig(w)["select"]),
     shell:
         "python -m scalediff.select gather --shards {input.scores} --shard-rejects {input.rejects}"
         " --output {output.scores} --rejects {output.rejects} --summary {output.summary}"

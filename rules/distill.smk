@@ -3,25 +3,25 @@
 
 rule distill_shard:
     input:
-        generated=f"{R}/diffgen/generated.parquet",
+        generated=at("diffgen", "diffgen/generated.parquet"),
         pool=f"{R}/ingest/pool.parquet",
         model=role_input("teacher"),
         plan=PREFLIGHT,
     output:
-        solutions=f"{R}/distill/shards/{{scatteritem}}.parquet",
-        rejects=f"{R}/distill/shards/{{scatteritem}}.rejects.parquet",
+        solutions=f"{R}/{{exp}}distill/shards/{{scatteritem}}.parquet",
+        rejects=f"{R}/{{exp}}distill/shards/{{scatteritem}}.rejects.parquet",
     log:
-        f"{LOGS}/distill/shard_{{scatteritem}}.log",
+        f"{R}/{{exp}}logs/distill/shard_{{scatteritem}}.log",
     benchmark:
-        f"{R}/benchmarks/distill/distill_shard/{{scatteritem}}.tsv"
+        f"{R}/{{exp}}benchmarks/distill/distill_shard/{{scatteritem}}.tsv"
     conda:
         CONDA_ENV
     params:
         model=model_arg("teacher"),
         settings=lambda w: settings(
-            seed=config["seed"],
-            engine=engine_settings("teacher"),
-            distill=config["distill"],
+            seed=xconfig(w)["seed"],
+            engine=engine_settings("teacher", xconfig(w)),
+            distill=xconfig(w)["distill"],
         ),
     shell:
         "python -m scalediff.distill shard --generated {input.generated} --pool {input.pool}"
@@ -31,16 +31,20 @@ rule distill_shard:
 
 rule distill_gather:
     input:
-        solutions=gather.distill(f"{R}/distill/shards/{{scatteritem}}.parquet"),
-        rejects=gather.distill(f"{R}/distill/shards/{{scatteritem}}.rejects.parquet"),
+        solutions=gather.distill(
+            f"{R}/{{{{exp}}}}distill/shards/{{scatteritem}}.parquet"
+        ),
+        rejects=gather.distill(
+            f"{R}/{{{{exp}}}}distill/shards/{{scatteritem}}.rejects.parquet"
+        ),
     output:
-        solutions=f"{R}/distill/solutions.parquet",
-        rejects=f"{R}/distill/rejects.parquet",
-        summary=f"{R}/distill/summary.json",
+        solutions=f"{R}/{{exp}}distill/solutions.parquet",
+        rejects=f"{R}/{{exp}}distill/rejects.parquet",
+        summary=f"{R}/{{exp}}distill/summary.json",
     log:
-        f"{LOGS}/distill/gather.log",
+        f"{R}/{{exp}}logs/distill/gather.log",
     benchmark:
-        f"{R}/benchmarks/distill/distill_gather.tsv"
+        f"{R}/{{exp}}benchmarks/distill/distill_gather.tsv"
     conda:
         CONDA_ENV
     shell:

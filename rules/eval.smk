@@ -4,27 +4,27 @@
 rule eval_benchmark:
     input:
         data=lambda w: benchmark_data(w.benchmark),
-        model=lambda w: model_input(eval_model(w)),
+        model=eval_model_input,
         plan=PREFLIGHT,
     output:
-        scores=f"{R}/eval/{{model}}/{{benchmark}}.json",
-        details=f"{R}/eval/{{model}}/{{benchmark}}.details.parquet",
+        scores=f"{R}/{{exp}}eval/{{model}}/{{benchmark}}.json",
+        details=f"{R}/{{exp}}eval/{{model}}/{{benchmark}}.details.parquet",
     log:
-        f"{LOGS}/eval/{{model}}/{{benchmark}}.log",
+        f"{R}/{{exp}}logs/eval/{{model}}/{{benchmark}}.log",
     benchmark:
-        f"{R}/benchmarks/eval/eval_benchmark/{{model}}__{{benchmark}}.tsv"
+        f"{R}/{{exp}}benchmarks/eval/eval_benchmark/{{model}}__{{benchmark}}.tsv"
     conda:
         CONDA_ENV
     params:
         model=eval_model_arg,
-        seeds=lambda w: config["benchmarks"][w.benchmark]["seeds"],
+        seeds=lambda w: xconfig(w)["benchmarks"][w.benchmark]["seeds"],
         limit=lambda w: (
-            f"--limit {config['benchmarks'][w.benchmark]['limit']}"
-            if config["benchmarks"][w.benchmark].get("limit")
+            f"--limit {xconfig(w)['benchmarks'][w.benchmark]['limit']}"
+            if xconfig(w)["benchmarks"][w.benchmark].get("limit")
             else ""
         ),
         settings=lambda w: settings(
-            engine=engine_settings(w.model), eval=config["eval"]
+            engine=engine_settings(w.model, xconfig(w)), eval=xconfig(w)["eval"]
         ),
     shell:
         "python -m scalediff.evaluate --model {params.model} --model-name {wildcards.model}"

@@ -4,29 +4,29 @@
 
 rule filter_rules:
     input:
-        solutions=f"{R}/distill/solutions.parquet",
+        solutions=at("distill", "distill/solutions.parquet"),
         pool=f"{R}/ingest/pool.parquet",
         benchmarks=[benchmark_data(b) for b in BENCHMARKS],
     output:
-        candidates=f"{R}/filter/candidates.parquet",
-        rejects=f"{R}/filter/rules/rejects.parquet",
-        stats=f"{R}/filter/rules/stats.json",
+        candidates=f"{R}/{{exp}}filter/candidates.parquet",
+        rejects=f"{R}/{{exp}}filter/rules/rejects.parquet",
+        stats=f"{R}/{{exp}}filter/rules/stats.json",
     log:
-        f"{LOGS}/filter/rules.log",
+        f"{R}/{{exp}}logs/filter/rules.log",
     benchmark:
-        f"{R}/benchmarks/filter/filter_rules.tsv"
+        f"{R}/{{exp}}benchmarks/filter/filter_rules.tsv"
     conda:
         CONDA_ENV
-    threads: config["filter"].get("threads", 1)
+    threads: config["filter"].get("threads", 1)  # the main run's: threads are planned once
     params:
         # without model_based (the student's sampling) or threads: neither changes the candidates
         settings=lambda w: settings(
             filter={
                 k: v
-                for k, v in config["filter"].items()
+                for k, v in xconfig(w)["filter"].items()
                 if k not in ("model_based", "threads")
             },
-            benchmarks=config["benchmarks"],
+            benchmarks=xconfig(w)["benchmarks"],
         ),
     shell:
         "python -m scalediff.filter rules --solutions {input.solutions} --pool {input.pool}"
@@ -37,23 +37,23 @@ rule filter_rules:
 
 rule filter_model_shard:
     input:
-        candidates=f"{R}/filter/candidates.parquet",
+        candidates=f"{R}/{{exp}}filter/candidates.parquet",
         model=filter_student_input,
         plan=PREFLIGHT,
     output:
-        verdicts=f"{R}/filter/model/{{scatteritem}}.parquet",
+        verdicts=f"{R}/{{exp}}filter/model/{{scatteritem}}.parquet",
     log:
-        f"{LOGS}/filter/model_{{scatteritem}}.log",
+        f"{R}/{{exp}}logs/filter/model_{{scatteritem}}.log",
     benchmark:
-        f"{R}/benchmarks/filter/filter_model_shard/{{scatteritem}}.tsv"
+        f"{R}/{{exp}}benchmarks/filter/filter_model_shard/{{scatteritem}}.tsv"
     conda:
         CONDA_ENV
     params:
-        model=role_model("student_base"),
+        model=lambda w: role_model("student_base", xconfig(w)),
         settings=lambda w: settings(
-            seed=config["seed"],
-            engine=engine_settings("student_base"),
-            filter=config["filter"],
+            seed=xconfig(w)["seed"],
+            engine=engine_settings("student_base", xconfig(w)),
+            filter=xconfig(w)["filter"],
         ),
     shell:
         "python -m scalediff.filter model-shard --candidates {input.candidates} --model {params.model}"
@@ -63,30 +63,30 @@ rule filter_model_shard:
 
 rule filter_gather:
     input:
-        candidates=f"{R}/filter/candidates.parquet",
-        rejects=f"{R}/filter/rules/rejects.parquet",
-        stats=f"{R}/filter/rules/stats.json",
-        verdicts=gather.filter(f"{R}/filter/model/{{scatteritem}}.parquet"),
+        candidates=f"{R}/{{exp}}filter/candidates.parquet",
+        rejects=f"{R}/{{exp}}filter/rules/rejects.parquet",
+        stats=f"{R}/{{exp}}filter/rules/stats.json",
+        verdicts=gather.filter(f"{R}/{{{{exp}}}}filter/model/{{scatteritem}}.parquet"),
     output:
-        original=f"{R}/filter/dataset/original.parquet",
-        generated=f"{R}/filter/dataset/generated.parquet",
-        card=f"{R}/filter/dataset/README.md",
-        rejects=f"{R}/filter/rejects.parquet",
-        funnel=f"{R}/filter/funnel.json",
-        funnel_csv=f"{R}/filter/funnel.csv",
+        original=f"{R}/{{exp}}filter/dataset/original.parquet",
+        generated=f"{R}/{{exp}}filter/dataset/generated.parquet",
+        card=f"{R}/{{exp}}filter/dataset/README.md",
+        rejects=f"{R}/{{exp}}filter/rejects.parquet",
+        funnel=f"{R}/{{exp}}filter/funnel.json",
+        funnel_csv=f"{R}/{{exp}}filter/funnel.csv",
         plot=report(
-            f"{R}/filter/funnel.png",
+            f"{R}/{{exp}}filter/funnel.png",
             caption="report/filter_funnel.rst",
             category="4. filter",
         ),
     log:
-        f"{LOGS}/filter/gather.log",
+        f"{R}/{{exp}}logs/filter/gather.log",
     benchmark:
-        f"{R}/benchmarks/filter/filter_gather.tsv"
+        f"{R}/{{exp}}benchmarks/filter/filter_gather.tsv"
     conda:
         CONDA_ENV
     params:
-        settings=lambda w: settings(filter=config["filter"]),
+        settings=lambda w: settings(filter=xconfig(w)["filter"]),
     shell:
         "python -m scalediff.filter gather --candidates {input.candidates} --rules-rejects {input.rejects}"
         " --rules-stats {input.stats} --verdicts {input.verdicts} --original {output.original}"

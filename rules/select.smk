@@ -7,20 +7,20 @@ rule select_shard:
         model=role_input("selector"),
         plan=PREFLIGHT,
     output:
-        scores=f"{R}/select/shards/{{scatteritem}}.parquet",
-        rejects=f"{R}/select/shards/{{scatteritem}}.rejects.parquet",
+        scores=f"{R}/{{exp}}select/shards/{{scatteritem}}.parquet",
+        rejects=f"{R}/{{exp}}select/shards/{{scatteritem}}.rejects.parquet",
     log:
-        f"{LOGS}/select/shard_{{scatteritem}}.log",
+        f"{R}/{{exp}}logs/select/shard_{{scatteritem}}.log",
     benchmark:
-        f"{R}/benchmarks/select/select_shard/{{scatteritem}}.tsv"
+        f"{R}/{{exp}}benchmarks/select/select_shard/{{scatteritem}}.tsv"
     conda:
         CONDA_ENV
     params:
         model=model_arg("selector"),
         settings=lambda w: settings(
-            seed=config["seed"],
-            engine=engine_settings("selector"),
-            select=config["select"],
+            seed=xconfig(w)["seed"],
+            engine=engine_settings("selector", xconfig(w)),
+            select=xconfig(w)["select"],
         ),
     shell:
         "python -m scalediff.select shard --problems {input.problems} --model {params.model}"
@@ -30,26 +30,33 @@ rule select_shard:
 
 rule select_gather:
     input:
-        scores=gather.select(f"{R}/select/shards/{{scatteritem}}.parquet"),
-        rejects=gather.select(f"{R}/select/shards/{{scatteritem}}.rejects.parquet"),
+        scores=gather.select(f"{R}/{{{{exp}}}}select/shards/{{scatteritem}}.parquet"),
+        rejects=gather.select(
+            f"{R}/{{{{exp}}}}select/shards/{{scatteritem}}.rejects.parquet"
+        ),
     output:
-        scores=f"{R}/select/difficulty.parquet",
-        rejects=f"{R}/select/rejects.parquet",
-        summary=f"{R}/select/summary.json",
+        scores=f"{R}/{{exp}}select/difficulty.parquet",
+        rejects=f"{R}/{{exp}}select/rejects.parquet",
+        summary=f"{R}/{{exp}}select/summary.json",
         plot=report(
-            f"{R}/select/p_nothink.png",
+            f"{R}/{{exp}}select/p_nothink.png",
             caption="report/select_p_nothink.rst",
             category="1. select",
         ),
     log:
-        f"{LOGS}/select/gather.log",
+        f"{R}/{{exp}}logs/select/gather.log",
     benchmark:
-        f"{R}/benchmarks/select/select_gather.tsv"
+        f"{R}/{{exp}}benchmarks/select/select_gather.tsv"
     conda:
         CONDA_ENV
     params:
-        settings=lambda w: settings(select=config["select"]),
+        random=lambda w: (
+            "--random-subset" if xconfig(w)["select"].get("random_subset") else ""
+        ),
+        settings=lambda w: settings(
+            seed=xconfig(w)["seed"], select=xconfig(w)["select"]
+        ),
     shell:
         "python -m scalediff.select gather --shards {input.scores} --shard-rejects {input.rejects}"
         " --output {output.scores} --rejects {output.rejects} --summary {output.summary}"
-        " --plot {output.plot} --settings {params.settings:q} > {log} 2>&1"
+        " --plot {output.plot} {params.random} --settings {params.settings:q} > {log} 2>&1"

@@ -6,38 +6,48 @@
 rule sft_data:
     input:
         data=sft_data,
+        difficulty=sft_difficulty,
         model=role_input("student_base"),
     output:
-        directory(f"{R}/sft/{{variant}}/data"),
+        directory(f"{R}/{{exp}}sft/{{variant}}/data"),
     log:
-        f"{LOGS}/sft/{{variant}}.data.log",
+        f"{R}/{{exp}}logs/sft/{{variant}}.data.log",
     benchmark:
-        f"{R}/benchmarks/sft/sft_data/{{variant}}.tsv"
+        f"{R}/{{exp}}benchmarks/sft/sft_data/{{variant}}.tsv"
     conda:
         CONDA_ENV
     threads: 16
     params:
         base=model_arg("student_base"),
-        settings=settings(sft={}),
+        difficulty=lambda w, input: (
+            f"--difficulty {input.difficulty}" if input.difficulty else ""
+        ),
+        settings=lambda w: settings(
+            sft={
+                "trust_remote_code": xconfig(w)["sft"].get("trust_remote_code", False)
+            },
+            sft_mix=sft_mix(w),
+        ),
     shell:
         "RAYON_NUM_THREADS={threads} python -m scalediff.sft --prepare {output} --data {input.data}"
-        " --base-model {params.base} --settings {params.settings:q} > {log} 2>&1"
+        " {params.difficulty} --base-model {params.base} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule sft_train:
     input:
         data=sft_data,
-        prepared=f"{R}/sft/{{variant}}/data",
+        difficulty=sft_difficulty,
+        prepared=f"{R}/{{exp}}sft/{{variant}}/data",
         model=role_input("student_base"),
         plan=PREFLIGHT,
     output:
-        model=directory(f"{R}/sft/{{variant}}/model"),
-        loss=f"{R}/sft/{{variant}}/loss.csv",
-        summary=f"{R}/sft/{{variant}}/summary.json",
+        model=directory(f"{R}/{{exp}}sft/{{variant}}/model"),
+        loss=f"{R}/{{exp}}sft/{{variant}}/loss.csv",
+        summary=f"{R}/{{exp}}sft/{{variant}}/summary.json",
     log:
-        f"{LOGS}/sft/{{variant}}.log",
+        f"{R}/{{exp}}logs/sft/{{variant}}.log",
     benchmark:
-        f"{R}/benchmarks/sft/sft_train/{{variant}}.tsv"
+        f"{R}/{{exp}}benchmarks/sft/sft_train/{{variant}}.tsv"
     conda:
         CONDA_ENV
     resources:
@@ -45,8 +55,11 @@ rule sft_train:
     params:
         launch=launcher(config["sft"]),
         base=model_arg("student_base"),
-        settings=lambda w: settings(sft=config["sft"]),
+        difficulty=lambda w, input: (
+            f"--difficulty {input.difficulty}" if input.difficulty else ""
+        ),
+        settings=lambda w: settings(sft=xconfig(w)["sft"], sft_mix=sft_mix(w)),
     shell:
-        "{params.launch} scalediff.sft --data {input.data} --prepared {input.prepared}"
+        "{params.launch} scalediff.sft --data {input.data} --prepared {input.prepared} {params.difficulty}"
         " --base-model {params.base} --output {output.model} --loss-csv {output.loss}"
         " --summary {output.summary} --settings {params.settings:q} > {log} 2>&1"

@@ -98,3 +98,43 @@ def test_forcerun_one_stage_replans_only_it_and_its_dependents(demo):
     assert "eval_benchmark" in planned
     for upstream in ("ingest", "select_shard", "diffgen_train", "distill_shard", "tiny_model"):
         assert upstream not in planned
+
+
+@pytest.mark.slow
+def test_experiments_rerun_only_what_each_variant_changes(demo):
+    """`snakemake experiments` after the main run: the SFT-data variant trains and evaluates one
+    student and computes nothing upstream; the main run's outputs are read, never rewritten."""
+    main_outputs = [
+        demo / R / p for p in ("sft/scalediff/summary.json", "diffgen/generated.parquet", "filter/funnel.json")
+    ]
+    before = [p.stat().st_mtime_ns for p in main_outputs]
+    res = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "experiments"],
+        cwd=demo,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert res.returncode == 0, res.stderr[-5000:]
+    assert [p.stat().st_mtime_ns for p in main_outputs] == before
+    ran = res.stderr.split("Job stats:")[1].split("\n\n")[0]
+    for upstream in ("ingest", "select_shard", "diffgen_train", "tiny_model"):
+        assert upstream not in ran  # shared by every variant: read from the main run
+    half = demo / R / "experiments/generated_half"
+    assert sorted(p.name for p in half.iterdir()) == ["benchmarks", "eval", "logs", "run_summary.json", "sft"]
+    assert sorted(p.name for p in (half / "sft").iterdir()) == ["scalediff"]  # not the original-only baseline
+    original = len(rows(demo, "filter/dataset/original.parquet"))
+    generated = len(rows(demo, "filter/dataset/generated.parquet"))
+    mix = json.loads((half / "sft/scalediff/summary.json").read_text())["by_origin"]
+    assert mix == {"original": original, "generated": min(round(0.5 * original), generated)}
+    temperature = demo / R / "experiments/diffgen_temperature_1"
+    assert (temperature / "diffgen/generated.parquet").exists() and not (temperature / "diffgen/model").exists()
+
+    summary = json.loads((demo / R / "experiments/summary.json").read_text())
+    assert set(summary["groups"]) == {"augmentation_size", "diffgen_temperature"}
+    for rows_ in summary["groups"].values():
+        for row in rows_:
+            gain = row["gain"]
+            assert gain["ci_low"] <= gain["gain"] <= gain["ci_high"]
+    table = (demo / R / "experiments/experiments.md").read_text()
+    assert "tiny demo model" in table and "generated_half" in table and "math_500 (100 problems, 1 seed)" in table

@@ -72,6 +72,12 @@ def problem_id(text: str, prefix: str = "p") -> str:
     return f"{prefix}-{digest}"
 
 
+def seeded_rank(seed: int, row_id: str) -> str:
+    """A seeded sort key for a row id: the first k rows by it are a random draw that does not depend
+    on file or row order (the same ids and seed always give the same subset)."""
+    return hashlib.sha256(f"{seed}:{row_id}".encode()).hexdigest()
+
+
 def current_umask() -> int:
     """The process umask (read without changing it where /proc allows)."""
     try:

@@ -94,6 +94,11 @@ OVERRIDES: tuple[Override, ...] = (
     Override(("diffgen", "train", "attn_implementation"), "sdpa", _FA2),
     Override(("diffgen", "train", "liger_kernel"), False, _LIGER),
     Override(("diffgen", "sample", "n_problems"), 48, _COUNT),
+    Override(
+        ("experiments", "generated_4x", "overrides", "diffgen.sample.n_problems"),
+        96,
+        _COUNT + ": twice the rehearsal's DiffGen samples, as the paper's variant doubles the paper's",
+    ),
     Override(("diffgen", "sample", "shards"), 2, _COUNT),
     Override(("distill", "shards"), 2, _COUNT),
     Override(("filter", "threads"), 2, "2 CPU cores"),

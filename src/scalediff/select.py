@@ -24,10 +24,12 @@ from scalediff import cli
 from scalediff.engine import Completion, Engine, ShardJob, run_shard
 from scalediff.records import (
     ShardCheckpoint,
+    atomic_path,
     concat_parquet,
     parse_scatteritem,
     read_many,
     read_shard,
+    seeded_rank,
     text_defect,
     write_json,
     write_rejects,
@@ -123,6 +125,26 @@ def run(
     return counts
 
 
+def random_subset(path: str, seed: int) -> int:
+    """Relabel the scores file at ``path``: as many difficult problems as the selector found, drawn at
+    random (seeded) instead — the control for the selection-method ablation. Returns that number."""
+    table = pq.read_table(path)
+    n = pc.sum(table["difficult"]).as_py() or 0
+    ids = table["id"].to_pylist()
+    chosen = set(sorted(ids, key=lambda i: seeded_rank(seed, i))[:n])
+    flags = pa.array([i in chosen for i in ids], type=table.schema.field("difficult").type)
+    table = table.set_column(table.schema.get_field_index("difficult"), "difficult", flags)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    log.info(
+        "select: %d of %d problems marked difficult at random (seed %d), as many as the selector found",
+        n,
+        len(ids),
+        seed,
+    )
+    return n
+
+
 def summarize(flags: pa.ChunkedArray, rejects: list[dict[str, Any]], threshold: float | None) -> dict[str, Any]:
     """Counts from the scores' ``difficult`` column (``flags``) and the quarantined rows."""
     n = len(flags)
@@ -153,6 +175,11 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_settings_argument(s)
     g = cli.add_gather_parser(sub, help="join shard scores, summarize and plot")
     g.add_argument("--plot", required=True)
+    g.add_argument(
+        "--random-subset",
+        action="store_true",
+        help="mark as many problems difficult as the selector did, at random (select.random_subset)",
+    )
     cli.add_settings_argument(g)
     args = ap.parse_args(argv)
     cli.setup_logging()
@@ -166,11 +193,15 @@ def main(argv: list[str] | None = None) -> None:
 
         # Streamed shard by shard; the summary and plot need two small columns of the result only.
         concat_parquet(args.shards, args.output, SCORE_SCHEMA)
+        if args.random_subset:
+            random_subset(args.output, int(settings.get("seed", 0)))
         scores = pq.read_table(args.output, columns=["difficult", "p_nothink"])
         rejects = read_many(args.shard_rejects)
         threshold = settings["select"].get("threshold")
         write_rejects(rejects, args.rejects)
         summary = summarize(scores["difficult"], rejects, threshold)
+        if args.random_subset:
+            summary["rule"] = f"random subset (seeded) of the size {summary['rule']} gives"
         write_json(summary, args.summary)
         histogram(
             scores["p_nothink"].to_numpy(),
