@@ -452,6 +452,18 @@ def test_rules_and_gather_end_to_end(tmp_path):
     card = Path(out["card"]).read_text()
     assert "paper: ~43%" in card and "| aime24 | 30 | 1 |" in card
     assert "| g-contam | generated | aime24 | aime2024-I-1 | exact | every morning aya" in card
+    # the Hub's metadata, and every removed row accounted for, the originals' too (p-orig2: gold mismatch)
+    import yaml
+
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["license"] == "other" and meta["language"] == ["en"] and meta["size_categories"] == ["n<1K"]
+    assert meta["task_categories"] and meta["pretty_name"] and "math" in meta["tags"]
+    assert meta["configs"][0]["data_files"][0] == {"split": "original", "path": "original.parquet"}
+    assert "| filter | reason | generated rows removed | original rows removed |" in card
+    table = card.split("| filter | reason | generated rows removed | original rows removed |")[1].split("\n\n")[0]
+    removed = [line.split("|")[2:5] for line in table.splitlines()[2:]]
+    assert sum(int(g) for _, g, _ in removed) == 5 and sum(int(o) for _, _, o in removed) == 1
+    assert any(r.strip() == "gold_mismatch" and o.strip() == "1" for r, _, o in removed)
     assert Path(out["plot"]).stat().st_size > 1000
     assert Path(out["funnel_csv"]).read_text().startswith("origin,filter,reason,in,removed,out\n")
     import datasets

@@ -3,6 +3,7 @@ and the funnel plot, built from the counts ``filter rules`` and ``filter gather`
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -93,8 +94,21 @@ def write_card(funnel: dict[str, Any], cfg: dict[str, Any], mean_tokens: float |
     frac = g["removed_fraction"]
     mb = funnel["model_based"]
     dc = funnel["decontamination"]
+    card = cfg["card"]
+    rows = sum(d["kept"] for d in (o, g))
     lines = [
         "---",
+        f"license: {card['license']}",
+        f"pretty_name: {json.dumps(card['pretty_name'])}",
+        "language:",
+        "- en",
+        "task_categories:",
+        "- text-generation",
+        "- question-answering",
+        "size_categories:",
+        f"- {size_category(rows)}",
+        "tags:",
+        *(f"- {t}" for t in card["tags"]),
         "configs:",
         "- config_name: default",
         "  data_files:",
@@ -122,9 +136,12 @@ def write_card(funnel: dict[str, Any], cfg: dict[str, Any], mean_tokens: float |
         "",
         "## Filters (in funnel order; every removed row is in `rejects.parquet` with its reason codes)",
         "",
-        "| filter | reason | generated rows removed |",
-        "|---|---|---|",
-        *(f"| {s['filter']} | {r} | {n} |" for s in g["steps"] for r, n in sorted(s["reasons"].items())),
+        "| filter | reason | generated rows removed | original rows removed |",
+        "|---|---|---|---|",
+        *_removed_rows(g, o),
+        "",
+        f"Original rows: {o['in']} in, {o['kept']} kept; the table above accounts for every one removed "
+        f"({o['in'] - o['kept']}), with the generated ones ({g['in'] - g['kept']}).",
         "",
         "## Thresholds",
         "",
@@ -162,6 +179,25 @@ def write_card(funnel: dict[str, Any], cfg: dict[str, Any], mean_tokens: float |
     ]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))
+
+
+def size_category(rows: int) -> str:
+    """The Hub's ``size_categories`` value for a row count."""
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if rows < limit:
+            return name
+    return "1M<n<10M" if rows < 10_000_000 else "10M<n<100M"
+
+
+def _removed_rows(generated: dict[str, Any], original: dict[str, Any]) -> list[str]:
+    """One line per (filter, reason) with the rows it removed of each origin (every removed row has
+    exactly one reason code: ``build_funnel`` checks the accounting)."""
+    counts: dict[tuple[str, str], list[int]] = {}
+    for col, data in enumerate((generated, original)):
+        for step in data["steps"]:
+            for reason, n in step["reasons"].items():
+                counts.setdefault((step["filter"], reason), [0, 0])[col] += n
+    return [f"| {f} | {r} | {n[0]} | {n[1]} |" for (f, r), n in counts.items()]
 
 
 def _flagged_table(dc: dict[str, Any], rows: int = 20) -> list[str]:

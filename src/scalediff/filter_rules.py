@@ -112,6 +112,13 @@ DEFAULTS: dict[str, Any] = {
         "top_p": 0.95,
         "max_tokens": 32768,
     },
+    # the dataset card's Hub metadata (the card's YAML header); the licence must be checked against the
+    # pool's and the teacher's terms, so the default is the Hub's "other" until a config says more
+    "card": {
+        "license": "other",
+        "pretty_name": "ScaleDiff-Math (this run)",
+        "tags": ["math", "reasoning", "synthetic", "chain-of-thought", "scalediff"],
+    },
 }
 
 
