@@ -26,7 +26,7 @@ BENCHMARKS = sorted(config["benchmarks"])
 EVAL_MODELS = sorted(config["eval"]["models"])
 
 
-def check_references(config):
+def check_references(config, main=True):
     """Cross-references the schema cannot express, checked before any job is planned.
     Each error names its key, as the schema's do (a typo here would otherwise pass silently).
     """
@@ -38,6 +38,13 @@ def check_references(config):
         if "tiny" in ref and ref["tiny"] not in TINY_ROLES:
             raise ValueError(
                 f"config {key}: tiny model {ref['tiny']!r} is not one of tiny.roles {TINY_ROLES}"
+            )
+    if not main:  # a variant's report settings are the main run's: checked there
+        return
+    for name in config["report"].get("reproduces", {}):
+        if name not in config["eval"]["models"]:
+            raise ValueError(
+                f"config report.reproduces.{name}: not one of eval.models {sorted(config['eval']['models'])}"
             )
     baseline = config["report"].get("baseline_model")
     if baseline and baseline not in EVAL_MODELS:
@@ -61,7 +68,7 @@ for _name, _variant in VARIANTS.items():
         raise ValueError(
             f"config experiments.{_name}: the config with its overrides is invalid: {exc}"
         ) from exc
-    check_references(_variant)
+    check_references(_variant, main=False)
 PREFIXES = xp.stage_prefixes(config)
 
 

@@ -8,6 +8,11 @@ rule report:
             model=EVAL_MODELS,
             benchmark=BENCHMARKS,
         ),
+        details=expand(
+            f"{R}/eval/{{model}}/{{benchmark}}.details.parquet",
+            model=EVAL_MODELS,
+            benchmark=BENCHMARKS,
+        ),
         select=f"{R}/select/summary.json",
         generated=f"{R}/select/generated/difficulty.parquet",
         pool_difficulty=f"{R}/select/difficulty.parquet",
@@ -23,6 +28,11 @@ rule report:
     output:
         table_md=report(
             f"{R}/report/paper_table.md",
+            caption="report/paper_table.rst",
+            category="6. report",
+        ),
+        table_html=report(
+            f"{R}/report/paper_table.html",
             caption="report/paper_table.rst",
             category="6. report",
         ),
@@ -59,10 +69,16 @@ rule report:
         out_dir=lambda w, output: os.path.dirname(output.summary),
         baseline=config["report"]["baseline_model"] or "",
         benchmarks=f"{R}/benchmarks",
+        settings=lambda w: settings(
+            eval_models=config["eval"]["models"],
+            reproduces=config["report"].get("reproduces", {}),
+            demo=DEMO,
+        ),
     shell:
         "python -m scalediff.report --scores {input.scores} --select-summary {input.select}"
         " --pool-difficulty {input.pool_difficulty} --generated-difficulty {input.generated}"
         " --stage-summaries {input.diffgen} {input.distill} {input.funnel} {input.sft}"
         " --losses {input.losses} --paper-table {input.paper} --baseline-model {params.baseline:q}"
         " --generated {input.problems} --solutions {input.solutions}"
-        " --benchmarks-dir {params.benchmarks} --out-dir {params.out_dir} > {log} 2>&1"
+        " --benchmarks-dir {params.benchmarks} --out-dir {params.out_dir}"
+        " --settings {params.settings:q} > {log} 2>&1"

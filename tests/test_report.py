@@ -4,6 +4,7 @@ and that every report() caption of the workflow resolves and renders in `snakema
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
 import statistics
@@ -15,7 +16,15 @@ import pytest
 import yaml
 
 from scalediff.records import PROBLEM_SCHEMA, read_json, write_json, write_rows
-from scalediff.report import build_table, plain_mean, relative_gains, render_markdown, weighted_avg
+from scalediff.report import (
+    build_table,
+    describe_models,
+    plain_mean,
+    relative_gains,
+    render_html,
+    render_markdown,
+    weighted_avg,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = yaml.safe_load((REPO / "config" / "paper_table.yaml").read_text())
@@ -40,11 +49,19 @@ PER_SEED = {
 }
 
 
+SETTINGS = {
+    "eval_models": {"scalediff_student": {"trained": "student"}, "student_base": {"tiny": "student_base"}},
+    "reproduces": {"scalediff_student": "ScaleDiff-7B", "student_base": "Qwen2.5-Math-7B-Instruct"},
+    "demo": True,
+}
+
+
 def eval_json(model: str, benchmark: str, per_seed: list[float]) -> dict:
     return {
         "model": model,
         "benchmark": benchmark,
         "n_problems": 10,
+        "n_available": 500 if benchmark == "math_500" else 10,
         "seeds": list(range(len(per_seed))),
         "per_seed": per_seed,
         "mean": statistics.fmean(per_seed),
@@ -81,12 +98,20 @@ def test_table_values_and_gains():
     assert student["mean"] == pytest.approx((15 + 5 + 5 + 20 + 40) / 5)
     assert student["avg_published"] is None
 
+    describe_models(rows, SETTINGS, PAPER)
     gains = relative_gains(rows, PAPER, "student_base")
     paper_gain = gains["ScaleDiff-7B (paper)"]
     assert f"{100 * paper_gain['relative']:+.1f}%" == "+11.3%"  # 65.9 / 59.2 - 1, as published
     base_avg = (5 + 0 + 5 + 10 + 30) / 6
-    assert gains["scalediff_student (this run)"]["relative"] == pytest.approx(student["avg_weighted"] / base_avg - 1)
-    assert "student_base (this run)" not in gains
+    label = "scalediff_student (tiny demo model; reproduces ScaleDiff-7B) (this run)"
+    assert gains[label]["relative"] == pytest.approx(student["avg_weighted"] / base_avg - 1)
+    assert [k for k in gains if "student_base" in k] == []
+
+    # an untrained model gets no gain, even against another baseline
+    untrained = relative_gains(rows, PAPER, "scalediff_student")
+    assert list(untrained) == ["ScaleDiff-7B (paper)"]
+    with pytest.raises(ValueError, match="report.reproduces.x"):
+        describe_models(rows, {"reproduces": {"x": "no such row"}}, PAPER)
 
     md = render_markdown(rows, PAPER, gains)
     for label in (
@@ -98,9 +123,14 @@ def test_table_values_and_gains():
         *PAPER["columns"].values(),
     ):
         assert label in md, label
-    line = next(x for x in md.splitlines() if x.startswith("| scalediff_student |"))
-    assert "| 15.0 ± 5.0 | 5.0 ± 5.0 | 5.0 ± 0.0 | 20.0 ± 10.0 | 40.0 ± 0.0 | 15.0 | 17.0 | – |" in line
+    line = next(x for x in md.splitlines() if x.startswith("| scalediff_student (tiny demo model; reproduces"))
+    # MATH500 has one seed: its mean alone, no "± 0.0"; HMMT's two equal seeds keep theirs
+    assert "| 15.0 ± 5.0 | 5.0 ± 5.0 | 5.0 ± 0.0 | 20.0 ± 10.0 | 40.0 | 15.0 | 17.0 | – |" in line
     assert "| ScaleDiff-7B | paper | 73.0 ± 5.0 |" in md and "| 65.9 |" in md
+    assert "MATH500 10 of 500 problems, 1 seed" in md and "AIME24 all 10 problems, 2 seeds" in md
+    assert "no gain for student_base (tiny demo model; reproduces Qwen2.5-Math-7B-Instruct)" in md
+    page = render_html(md)
+    assert "<table>" in page and "<td>40.0</td>" in page and "<h2>Gains (paper&#x27;s weighted AVG)</h2>" in page
 
 
 @pytest.fixture
@@ -110,6 +140,13 @@ def report_inputs(tmp_path):
         path = tmp_path / "eval" / s["model"] / f"{s['benchmark']}.json"
         write_json(s, path)
         scores.append(str(path))
+        # details consistent with the scores: seed k gets its pass@1 from the first problems correct
+        details = [
+            {"id": f"q{i}", "seed": k, "correct": i < round(p / 5)}
+            for k, p in enumerate(s["per_seed"])
+            for i in range(20)  # every score here is a multiple of 5%
+        ]
+        write_rows(details, path.with_suffix(".details.parquet"))
     write_json({"difficult": 3, "total": 4}, tmp_path / "select" / "summary.json")
     write_json({"kept": 3}, tmp_path / "distill" / "summary.json")
     write_rows(
@@ -158,7 +195,7 @@ def report_cmd(d: Path, scores: list[str], out: Path) -> list[str]:
         "--losses", str(d / "diffgen" / "loss.csv"), str(d / "sft" / "loss.csv"),
         "--generated", str(d / "diffgen" / "generated.parquet"),
         "--solutions", str(d / "distill" / "solutions.parquet"),
-        "--out-dir", str(out),
+        "--out-dir", str(out), "--settings", json.dumps(SETTINGS),
     ]  # fmt: skip
 
 
@@ -195,6 +232,11 @@ def test_cli_end_to_end(report_inputs):
     assert summary["lengths"]["problem_words"]["generated"]["max"] == 9
     assert set(summary["stages"]) == {"select/summary", "distill/summary"}
     assert "+11.3%" in (out / "paper_table.md").read_text()
+    # this run's trained student against the baseline: the point gain with a bootstrap interval
+    (gain,) = [g for k, g in summary["gains"].items() if k.startswith("scalediff_student")]
+    assert gain["interval"]["gain"] == pytest.approx(gain["avg"] - gain["baseline_avg"])
+    assert gain["interval"]["ci_low"] < gain["interval"]["gain"] < gain["interval"]["ci_high"]
+    assert "<table>" in (out / "paper_table.html").read_text()
     # wall time, max RSS and CPU time per stage, from the rules' benchmark files
     row = "| distill | distill_shard | 1 | 13 min | 13 min | 2.00 GiB | 25 min |"
     assert row in (out / "benchmarks.md").read_text()

@@ -137,4 +137,6 @@ def test_experiments_rerun_only_what_each_variant_changes(demo):
             gain = row["gain"]
             assert gain["ci_low"] <= gain["gain"] <= gain["ci_high"]
     table = (demo / R / "experiments/experiments.md").read_text()
-    assert "tiny demo model" in table and "generated_half" in table and "math_500 (100 problems, 1 seed)" in table
+    assert (
+        "tiny demo model" in table and "generated_half" in table and "math_500 (100 of 500 problems, 1 seed)" in table
+    )

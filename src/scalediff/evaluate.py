@@ -301,6 +301,7 @@ def evaluate(
     remove_reasoning = bool(eval_cfg.get("remove_reasoning_tags", True))
     with open(data, encoding="utf-8") as fh:
         problems = [json.loads(line) for line in fh if line.strip()]
+    n_available = len(problems)
     if limit is not None:
         problems = problems[:limit]
     if len({str(p["id"]) for p in problems}) != len(problems):
@@ -329,6 +330,7 @@ def evaluate(
             rows.extend(seed_rows)
     summary = summarize(model_name, benchmark, seeds, rows)
     summary["remove_reasoning_tags"] = remove_reasoning
+    summary["n_available"] = n_available  # the benchmark's size: n_problems of it were scored (--limit)
     return summary, rows
 
 

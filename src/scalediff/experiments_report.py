@@ -85,6 +85,7 @@ def run_summary(name: str, scores: list[str], sft: list[str], funnel: str | None
             "mean": s["mean"],
             "seeds": len(s["per_seed"]),
             "n_problems": s["n_problems"],
+            "n_available": s.get("n_available"),
             "scores": path,
             "details": str(Path(path).with_suffix("")) + ".details.parquet",
         }
@@ -144,14 +145,22 @@ def build(runs: dict[str, dict], experiments: dict[str, dict], paper: dict, eval
         "avg": avg(main, student) if student else None,
         "generated_rows": (main.get("sft", {}).get("scalediff", {}).get("by_origin") or {}).get("generated"),
     }
+    main_row["benchmarks"] = benchmark_subsets(main, student)
     return {"student_model": student, "main": main_row, "groups": dict(groups)}
 
 
-def render(result: dict, benchmarks: dict[str, dict], demo: bool) -> str:
-    subset = ", ".join(
-        f"{b} ({c.get('limit') or 'all'} problems, {c['seeds']} seed{'s' if c['seeds'] != 1 else ''})"
-        for b, c in benchmarks.items()
-    )
+def benchmark_subsets(run: dict, model: str | None) -> str:
+    """What one run actually scored per benchmark, e.g. "math_500 (100 of 500 problems, 1 seed)"."""
+    parts = []
+    for b, s in sorted(run["models"].get(model, {}).items()):
+        n, total = s["n_problems"], s.get("n_available")
+        of = f"{n} of {total}" if total and total != n else f"all {n}"
+        parts.append(f"{b} ({of} problems, {s['seeds']} seed{'s' if s['seeds'] != 1 else ''})")
+    return ", ".join(parts)
+
+
+def render(result: dict, benchmarks: str, demo: bool) -> str:
+    subset = benchmarks
     lines = [
         "# Experiments",
         "",
@@ -221,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     paper = yaml.safe_load(Path(args.paper_table).read_text())
     result = build(runs, settings["experiments"], paper, settings["eval_models"])
     with atomic_path(args.table) as tmp:
-        tmp.write_text(render(result, settings["benchmarks"], settings.get("demo", False)))
+        tmp.write_text(render(result, result["main"]["benchmarks"], settings.get("demo", False)))
     plot_size(result, args.plot)
     write_json(result, args.summary)
     log.info("experiments: %d groups, %d variants", len(result["groups"]), len(settings["experiments"]))

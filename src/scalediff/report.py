@@ -57,9 +57,11 @@ def build_table(ours: list[dict[str, Any]], paper: dict[str, Any]) -> list[dict[
         )
     by_model: dict[str, dict[str, list[float]]] = {}
     seeds: dict[str, dict[str, int]] = {}
+    subsets: dict[str, dict[str, list[int | None]]] = {}
     for s in ours:
         by_model.setdefault(s["model"], {})[s["benchmark"]] = [s["mean"], s["std"]]
         seeds.setdefault(s["model"], {})[s["benchmark"]] = len(s["per_seed"])
+        subsets.setdefault(s["model"], {})[s["benchmark"]] = [s.get("n_problems"), s.get("n_available")]
     for model, scores in by_model.items():
         means = {b: scores[b][0] for b in benchmarks if b in scores}
         rows.append(
@@ -68,6 +70,7 @@ def build_table(ours: list[dict[str, Any]], paper: dict[str, Any]) -> list[dict[
                 "origin": "this run",
                 "scores": scores,
                 "seeds": seeds[model],
+                "subsets": subsets[model],
                 "avg_weighted": weighted_avg(means, weights),
                 "avg_published": None,
                 "mean": plain_mean(means, benchmarks),
@@ -80,46 +83,137 @@ def _fmt(v: float | None, nd: int = 1) -> str:
     return "–" if v is None else f"{v:.{nd}f}"
 
 
+def score_cell(score: list[float] | None, seeds: int | None) -> str:
+    """``mean ± std`` over seeds; a single seed has no spread to show, so no ± (not ± 0.0)."""
+    if score is None:
+        return "–"
+    return f"{score[0]:.1f}" if seeds == 1 else f"{score[0]:.1f} ± {score[1]:.1f}"
+
+
+def model_label(row: dict[str, Any]) -> str:
+    """A row's model with what it stands for: the paper row it reproduces and whether it is a tiny demo model."""
+    if row["origin"] != "this run":
+        return row["model"]
+    notes = [n for n in ("tiny demo model" if row.get("demo") else "", row.get("reproduces") or "") if n]
+    if row.get("reproduces"):
+        notes[-1] = f"reproduces {row['reproduces']}"
+    return f"{row['model']} ({'; '.join(notes)})" if notes else row["model"]
+
+
+def benchmarks_used(rows: list[dict[str, Any]], cols: dict[str, str]) -> str:
+    """The subset of each benchmark this run scored and its seed count, e.g. "MATH500 100 of 500, 1 seed"."""
+    parts = []
+    ours = [r for r in rows if r["origin"] == "this run"]
+    for b, label in cols.items():
+        used = {tuple(r["subsets"][b]) for r in ours if b in r.get("subsets", {})}
+        seeds = {r["seeds"][b] for r in ours if b in r.get("seeds", {})}
+        if not used:
+            continue
+        n, total = sorted(used, key=str)[0]
+        of = f"{n} of {total}" if total and total != n else f"all {n}"
+        k = "/".join(str(x) for x in sorted(seeds))
+        parts.append(f"{label} {of} problems, {k} seed{'s' if seeds != {1} else ''}")
+    return "; ".join(parts)
+
+
 def render_markdown(rows: list[dict[str, Any]], paper: dict[str, Any], gains: dict[str, Any]) -> str:
     cols = paper["columns"]
     head = ["model", "source", *cols.values(), "AVG (paper's weighted)", "mean (plain)", "AVG (published)"]
     lines = [
         "# ScaleDiff main table: this run beside the paper",
         "",
-        "Scores are pass@1 in %, mean ± std over seeds. **AVG (paper's weighted)** = "
+        "Scores are pass@1 in %, mean ± std over seeds (one seed: no ±). **AVG (paper's weighted)** = "
         "(AIME24 + 2·AIME25 + HMMT + BRUMO + MATH500) / 6, the formula that reproduces every AVG the "
         "paper publishes; **mean (plain)** = the unweighted mean of the five benchmarks.",
+        "",
+        f"This run's benchmarks: {benchmarks_used(rows, cols)}. The paper's rows use every problem.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     for r in rows:
-        cells = [r["model"], r["origin"]]
+        cells = [model_label(r), r["origin"]]
         for b in cols:
-            s = r["scores"].get(b)
-            cells.append("–" if s is None else f"{s[0]:.1f} ± {s[1]:.1f}")
+            cells.append(score_cell(r["scores"].get(b), r.get("seeds", {}).get(b)))
         cells += [_fmt(r["avg_weighted"]), _fmt(r["mean"]), _fmt(r["avg_published"])]
         lines.append("| " + " | ".join(cells) + " |")
-    for r in rows:
-        if r.get("seeds"):
-            per = ", ".join(f"{cols[b]} {r['seeds'][b]}" for b in cols if b in r["seeds"])
-            lines += ["", f"{r['model']} (this run): std is the population std over seeds (seeds: {per})."]
-    lines += ["", "## Relative gains (paper's weighted AVG)", ""]
-    basis = {"avg_published": "published AVG", "avg_weighted": "computed weighted AVG"}
+    lines += ["", "This run's std is the population std over seeds."]
+    lines += ["", "## Gains (paper's weighted AVG)", ""]
     for name, g in gains.items():
         rel = "–" if g["relative"] is None else f"{100 * g['relative']:+.1f}%"
-        lines.append(
-            f"- {name}: {_fmt(g['avg'])} vs {_fmt(g['baseline_avg'])} ({g['baseline']}) → {rel} ({basis[g['basis']]})"
+        if g["basis"] == "avg_published":
+            lines.append(
+                f"- {name}: {_fmt(g['avg'])} vs {_fmt(g['baseline_avg'])} ({g['baseline']}) → {rel} (published AVG)"
+            )
+            continue
+        ci = g.get("interval")
+        points = (
+            f"{ci['gain']:+.1f} points (95% CI {ci['ci_low']:+.1f} to {ci['ci_high']:+.1f}, paired bootstrap over"
+            f" problems and seeds)"
+            if ci
+            else "–"
         )
+        lines.append(f"- {name}: {_fmt(g['avg'])} vs {_fmt(g['baseline_avg'])} ({g['baseline']}) → {points}; {rel}")
+    untrained = [model_label(r) for r in rows if r["origin"] == "this run" and not r.get("trained")]
+    if untrained:
+        lines.append(f"- no gain for {', '.join(untrained)}: not trained by this run")
     return "\n".join(lines) + "\n"
 
 
-def relative_gains(rows: list[dict[str, Any]], paper: dict[str, Any], our_baseline: str | None) -> dict[str, Any]:
-    """Relative gain of the weighted AVG over a baseline row.
+def render_html(markdown: str) -> str:
+    """The table as HTML for ``snakemake --report`` (which shows HTML inline and offers markdown only as a
+    download): headings, paragraphs, list items and pipe tables of ``render_markdown``'s output."""
+    import html
+
+    out = [
+        "<html><head><meta charset='utf-8'><style>table{border-collapse:collapse;font:13px sans-serif}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:first-child{text-align:left}"
+        "</style></head><body>"
+    ]
+    table: list[list[str]] = []
+
+    def flush() -> None:
+        if table:
+            head, *body = table
+            out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>")
+            out.extend("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
+            out.append("</table>")
+            table.clear()
+
+    for line in markdown.splitlines():
+        text = html.escape(line.strip()).replace("**", "")
+        if line.startswith("|"):
+            cells = [c.strip() for c in text.strip("|").split("|")]
+            if not all(set(c) <= {"-"} for c in cells):
+                table.append(cells)
+            continue
+        flush()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{text.lstrip('#').strip()}</h{level}>")
+        elif line.startswith("- "):
+            out.append(f"<li>{text[2:]}</li>")
+        elif text:
+            out.append(f"<p>{text}</p>")
+    flush()
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def relative_gains(
+    rows: list[dict[str, Any]],
+    paper: dict[str, Any],
+    our_baseline: str | None,
+    details: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Gain of the weighted AVG over a baseline row.
 
     Paper rows use the published (rounded) AVG, as the paper does: +11.3% = 65.9 / 59.2 - 1
-    (the unrounded weighted AVGs give +11.4%). This run's rows use the computed weighted AVG.
+    (the unrounded weighted AVGs give +11.4%). This run's rows use the computed weighted AVG, and only
+    trained models get one (an untrained base model was not made to differ); with ``details`` (model ->
+    benchmark -> details Parquet) each comes with a paired bootstrap interval over problems and seeds.
     """
+    from scalediff.experiments_report import bootstrap_gain, correctness
 
     def gain(row, base, key):
         rel = None
@@ -134,10 +228,35 @@ def relative_gains(rows: list[dict[str, Any]], paper: dict[str, Any], our_baseli
         gains["ScaleDiff-7B (paper)"] = gain(by_name[("paper", "ScaleDiff-7B")], paper_base, "avg_published")
     ours = [r for r in rows if r["origin"] == "this run"]
     base = by_name.get(("this run", our_baseline)) if our_baseline else None
+    weights = paper["weights"]
     for r in ours:
-        if base and r is not base:
-            gains[f"{r['model']} (this run)"] = gain(r, base, "avg_weighted")
+        if base and r is not base and r.get("trained"):
+            g = gain(r, base, "avg_weighted")
+            have = details and all(b in details.get(m, {}) for m in (r["model"], base["model"]) for b in weights)
+            if have and g["avg"] is not None and g["baseline_avg"] is not None:
+                a = {b: correctness(details[base["model"]][b]) for b in weights}
+                g["interval"] = bootstrap_gain(a, {b: correctness(details[r["model"]][b]) for b in weights}, weights)
+            gains[f"{model_label(r)} (this run)"] = g
     return gains
+
+
+def describe_models(rows: list[dict[str, Any]], settings: dict[str, Any], paper: dict[str, Any]) -> None:
+    """This run's rows get what they stand for: trained by this run or not, the paper row they reproduce
+    (``report.reproduces``; checked against the paper table) and whether the run uses tiny demo models."""
+    refs = settings.get("eval_models", {})
+    reproduces = settings.get("reproduces", {})
+    published = {r["model"] for r in paper["rows"]}
+    for name, row in reproduces.items():
+        if row not in published:
+            raise ValueError(
+                f"config report.reproduces.{name}: {row!r} is not a row of the paper table {sorted(published)}"
+            )
+    for r in rows:
+        if r["origin"] == "this run":
+            ref = refs.get(r["model"], {})
+            r["trained"] = str(ref.get("trained", "")).startswith("student")
+            r["reproduces"] = reproduces.get(r["model"])
+            r["demo"] = bool(settings.get("demo")) and "path" not in ref
 
 
 def write_csv(rows: list[dict[str, Any]], paper: dict[str, Any], path: str) -> None:
@@ -277,17 +396,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--solutions", required=True, help="distill/solutions.parquet (column completion_tokens)")
     ap.add_argument("--benchmarks-dir", default=None, help="Snakemake benchmark files: a per-stage table")
     ap.add_argument("--out-dir", required=True)
+    cli.add_settings_argument(ap)  # eval_models (refs), reproduces (model -> paper row), demo
     args = ap.parse_args(argv)
     cli.setup_logging()
+    settings = cli.load_settings(args)
     from scalediff.plots import histogram, histograms, loss_curves
 
     out = Path(args.out_dir)
     paper = yaml.safe_load(Path(args.paper_table).read_text())
     ours = [read_json(p) for p in args.scores]
     rows = build_table(ours, paper)
-    gains = relative_gains(rows, paper, args.baseline_model)
+    describe_models(rows, settings, paper)
+    details: dict[str, dict[str, str]] = {}
+    for path, s in zip(args.scores, ours, strict=True):
+        found = Path(str(Path(path).with_suffix("")) + ".details.parquet")
+        if found.exists():
+            details.setdefault(s["model"], {})[s["benchmark"]] = str(found)
+    gains = relative_gains(rows, paper, args.baseline_model, details)
+    markdown = render_markdown(rows, paper, gains)
     with atomic_path(out / "paper_table.md") as tmp:
-        tmp.write_text(render_markdown(rows, paper, gains))
+        tmp.write_text(markdown)
+    with atomic_path(out / "paper_table.html") as tmp:
+        tmp.write_text(render_html(markdown))
     write_csv(rows, paper, str(out / "paper_table.csv"))
     plot_scores(rows, paper, str(out / "scores.png"))
 
