@@ -1,3 +1,4 @@
+import functools
 import os
 import signal
 import subprocess
@@ -202,6 +203,7 @@ def test_sandbox_deadline_kills_a_stuck_check_and_restarts():
 # ----------------------------------------------------------------------------- fast paths vs math-verify
 # is_parsable and answers_agree decide simple answers (plain integers, \frac, \sqrt, polynomials,
 # tuples/intervals/sets of such) without math-verify; their verdicts must be math-verify's own.
+@functools.cache
 def mv_parsable(answer: str) -> bool:
     """Plain math-verify: the answer parses to a math object, not only its string fallback."""
     import math_verify
@@ -213,6 +215,7 @@ def mv_parsable(answer: str) -> bool:
     return bool(answer) and any(not isinstance(x, str) for x in parsed)
 
 
+@functools.cache
 def mv_agree(pred: str, gold: str) -> bool:
     """Plain math-verify: the two bare answers are equal (at the eval metric's precision)."""
     import math_verify
@@ -239,6 +242,8 @@ HAND_PICKED = [
     # tuples, intervals, sets
     *("(3, 5)", "[3, 50)", "(1, 2]", "[5, 3)", "(x, 3)", "(1, 2, 3)", "\\{1, 2, x\\}", "\\{1\\}", "\\{ \\}"),
     *("(-\\infty, 3)", "(1, 2)^2", "-(1, 2)", "1, 2", "[2, I)", "[2, i)", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    # shapes math-verify fails on (found by the random answers below): ``^e``, an interval end 1/0
+    *("-\\pi^e", "\\{-\\pi^e,270\\}", "[0^{-14}, \\pi)", "[0^{-86}, -v^{-76})", "(\\frac{1}{0}, 3]", "[\\sqrt{-4}, 5)"),
     # text answers, names, equations, percentages
     *("x = 3", "5\\%", "\\text{odd}", "Monday", "ab", "a b", "f(2)", "x3", "2 3", "\\infty", "i", "E", "I"),
     # malformed
@@ -247,26 +252,29 @@ HAND_PICKED = [
 VARIABLES = "abcdefghjklmnopqrstuvwxyz"
 
 
-def _simple(rng, depth: int = 0) -> str:
+def _simple(rng, depth: int, digits: bool) -> str:
     """A random answer of the shapes the fast path takes (and some it must leave to math-verify)."""
     big = str(rng.randint(100, 10**15 - 1))
     number = rng.choice(["0", "1", str(rng.randint(2, 99)), str(rng.randint(2, 999)), big, f"{rng.random() * 100:.3f}"])
-    atoms = [number, rng.choice(VARIABLES), "\\pi"]
+    atoms = [number if digits else "\\pi", rng.choice(VARIABLES), "\\pi"]
     if depth < 1:
-        inner = lambda: _expr(rng, depth + 1)  # noqa: E731
+        inner = lambda: _expr(rng, depth + 1, digits)  # noqa: E731
         atoms += [f"\\frac{{{inner()}}}{{{inner()}}}", f"\\dfrac{{{inner()}}}{{{inner()}}}", f"\\sqrt{{{inner()}}}"]
         atoms.append(f"({inner()})")
     atom = rng.choice(atoms)
     if rng.random() < 0.3:
-        exponent = rng.choice([str(rng.randint(0, 9)), rng.choice(VARIABLES), f"{{{rng.randint(0, 999)}}}"])
-        atom += "^" + rng.choice([exponent, f"{{-{rng.randint(1, 99)}}}", f"{{{rng.choice(VARIABLES)}}}"])
+        variable = rng.choice(VARIABLES)
+        exponents = [f"{{{variable}}}"] * 3 + [variable]  # ``x^{e}``, and rarely ``x^e``
+        if digits:
+            exponents += [str(rng.randint(0, 9)), f"{{{rng.randint(0, 999)}}}", f"{{-{rng.randint(1, 99)}}}"] * 2
+        atom += "^" + rng.choice(exponents)
     return atom
 
 
-def _expr(rng, depth: int = 0) -> str:
+def _expr(rng, depth: int = 0, digits: bool = True) -> str:
     terms = []
     for _ in range(rng.choice([1, 1, 2, 3])):
-        factors = [_simple(rng, depth) for _ in range(rng.choice([1, 1, 2]))]
+        factors = [_simple(rng, depth, digits) for _ in range(rng.choice([1, 1, 2]))]
         terms.append(rng.choice(["", " \\cdot "]).join(factors))
     out = terms[0]
     for t in terms[1:]:
@@ -275,17 +283,18 @@ def _expr(rng, depth: int = 0) -> str:
 
 
 def _answers(seed: int, n: int) -> list[str]:
-    """``n`` random answers: simple expressions, tuples/intervals/sets of them, and broken variants."""
+    """``n`` random answers: simple expressions, tuples/intervals/sets of them, and broken variants; a
+    third without digits (math-verify finds a number in a text it cannot parse: that can hide a failure)."""
     import random
 
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        kind = rng.random()
+        kind, digits = rng.random(), rng.random() < 0.67
         if kind < 0.55:
-            text = _expr(rng)
+            text = _expr(rng, 0, digits)
         else:
-            parts = [_expr(rng, 1) for _ in range(rng.randint(2, 3))]
+            parts = [_expr(rng, 1, digits) for _ in range(rng.randint(2, 3))]
             brackets = [("(", ")"), ("[", ")"), ("(", "]"), ("[", "]"), ("\\{", "\\}")]
             left, right = rng.choice(brackets if len(parts) == 2 else brackets[:3] + brackets[-1:] * 2)
             text = left + ", ".join(parts) + right
@@ -300,7 +309,7 @@ def test_is_parsable_fast_path_matches_math_verify():
     """Every answer gets math-verify's verdict: hand-picked ones (integers, fractions, decimals, roots,
     intervals, sets, text, malformed) and random simple shapes with broken variants."""
     generated = _answers(seed=13, n=250)
-    assert sum(map(answers._SimpleExpr.match, generated)) > 0.4 * len(generated)  # the fast path is exercised
+    assert sum(map(answers._SimpleExpr.match, generated)) > 0.25 * len(generated)  # the fast path is exercised
     wrong = [a for a in HAND_PICKED + generated if answers.is_parsable(a) != mv_parsable(a)]
     assert not wrong, wrong
 
@@ -374,6 +383,10 @@ def test_filter_decisions_match_math_verify(tmp_path):
         add(f"g-{i:03d}", "generated", [final])
         add(f"m-{i:03d}", "generated", [others[i % len(others)], final])
         add(f"p-{i:03d}", "original", [final], gold=golds[i % len(golds)])
+    integers = [("007", "7"), ("-0", "0"), ("12", "13"), ("033", "33"), ("5", "-5"), ("1,000", "1000")]
+    for j, (a, b) in enumerate(integers):
+        add(f"n-{j:03d}", "generated", [a, b])  # two integers: agreeing or not by value, not by text
+        add(f"o-{j:03d}", "original", [a], gold=b)
     solutions = tmp_path / "solutions.parquet"
     pq.write_table(pa.Table.from_pylist(rows), solutions)
     pq.write_table(pa.Table.from_pylist(pool), tmp_path / "pool.parquet")

@@ -247,8 +247,9 @@ _SIMPLE_TOKEN = re.compile(
 
 class _SimpleExpr:
     """Recogniser of simple answers: sums and implicit products of numbers, one-letter variables, ``\\pi``,
-    ``\\frac``/``\\dfrac``, ``\\sqrt``, brackets and powers with a small exponent (one digit, a variable
-    or ``{[-]ddd}``; never a power of a power, so no tower), alone or as a tuple/interval/set of such.
+    ``\\frac``/``\\dfrac``, ``\\sqrt``, brackets and powers with a small exponent (one digit, ``{x}`` or
+    ``{[-]ddd}``; never a power of a power, so no tower), alone or as a tuple/interval/set of such (an
+    interval's ends stricter: see ``real``).
 
     ``match(text)`` is True only when all of ``text`` is such an answer; math-verify parses each of
     them into a sympy object (never only its string fallback) in well under its timeout.
@@ -266,6 +267,9 @@ class _SimpleExpr:
             self.tokens.append((m.lastgroup or "", m.group(m.lastgroup or 0)))
             pos = m.end()
         self.i = 0
+        # inside an interval's ends: only real, finite values (sympy's Interval raises on ``1/0`` or
+        # ``\sqrt{-4}``): no negative or variable exponent, ``\frac`` over a non-zero number, ``\sqrt`` of one
+        self.real = False
 
     @classmethod
     def match(cls, text: str) -> bool:
@@ -292,6 +296,7 @@ class _SimpleExpr:
         if opening in ("(", "[", "\\{"):
             start = self.i
             self.i += 1
+            self.real = opening != "\\{"  # two ends in brackets are an interval
             self.expr()
             if self.peek()[1] == ",":
                 items = 1
@@ -311,7 +316,7 @@ class _SimpleExpr:
                     raise ValueError(closing)
                 self.i += 1
                 return
-            self.i = start  # a bracketed expression: parsed as one below
+            self.i, self.real = start, False  # a bracketed expression: parsed as one below
         self.expr()
 
     def expr(self) -> None:
@@ -346,9 +351,16 @@ class _SimpleExpr:
         if kind in ("num", "var") or value == "\\pi":
             pass
         elif value in ("\\frac", "\\dfrac"):
-            powered = self.group() | self.group()
-        elif value == "\\sqrt":
             powered = self.group()
+            if self.real:
+                self.number("{", "}", nonzero=True)
+            else:
+                powered |= self.group()
+        elif value == "\\sqrt":
+            if self.real:
+                self.number("{", "}")
+            else:
+                powered = self.group()
         elif value == "(":
             powered = self.inner(")")
         else:
@@ -360,18 +372,27 @@ class _SimpleExpr:
         self.i += 1
         ekind, evalue = self.peek()
         self.i += 1
-        if ekind == "num" and len(evalue) == 1 or ekind == "var":
+        if ekind == "num" and len(evalue) == 1:  # ``x^2``; not ``x^e``: math-verify cannot parse that one
             return "power"
         if evalue != "{":
             raise ValueError(evalue)
-        if self.peek()[1] == "-":
+        if self.peek()[1] == "-" and not self.real:
             self.i += 1
         ekind, evalue = self.peek()
         self.i += 1
-        if not (ekind == "var" or ekind == "num" and evalue.isdigit() and len(evalue) <= 3):
+        if not (ekind == "var" and not self.real or ekind == "num" and evalue.isdigit() and len(evalue) <= 3):
             raise ValueError(evalue)
         self.take("}")
         return "power"
+
+    def number(self, opening: str, closing: str, nonzero: bool = False) -> None:
+        """``{n}``: one number (not zero when ``nonzero``)."""
+        self.take(opening)
+        kind, value = self.peek()
+        if kind != "num" or nonzero and not value.strip("0."):
+            raise ValueError(value)
+        self.i += 1
+        self.take(closing)
 
     def group(self) -> bool:
         self.take("{")
