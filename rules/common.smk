@@ -39,6 +39,10 @@ def check_references(config, main=True):
             raise ValueError(
                 f"config {key}: tiny model {ref['tiny']!r} is not one of tiny.roles {TINY_ROLES}"
             )
+    if config["verify"]["enabled"] and config["distill"].get("n", 1) < 2:
+        raise ValueError(
+            "config verify.enabled: the teacher's agreement needs distill.n >= 2 samples per problem"
+        )
     if not main:  # a variant's report settings are the main run's: checked there
         return
     for name in config["report"].get("reproduces", {}):
@@ -388,6 +392,13 @@ def sft_data(wildcards):
     )
     root = f"{R}/{prefix(wildcards, 'filter')}filter/dataset"
     return [f"{root}/{split}.parquet" for split in splits]
+
+
+def verify_input(wildcards):
+    """The teacher's self-agreement, when verification is on (`verify.enabled`)."""
+    if not xconfig(wildcards)["verify"]["enabled"]:
+        return []
+    return [f"{R}/{prefix(wildcards, 'verify')}verify/agreement.parquet"]
 
 
 def sft_difficulty(wildcards):

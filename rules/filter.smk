@@ -67,6 +67,7 @@ rule filter_gather:
         rejects=f"{R}/{{exp}}filter/rules/rejects.parquet",
         stats=f"{R}/{{exp}}filter/rules/stats.json",
         verdicts=gather.filter(f"{R}/{{{{exp}}}}filter/model/{{scatteritem}}.parquet"),
+        agreement=verify_input,
     output:
         original=f"{R}/{{exp}}filter/dataset/original.parquet",
         generated=f"{R}/{{exp}}filter/dataset/generated.parquet",
@@ -86,9 +87,15 @@ rule filter_gather:
     conda:
         CONDA_ENV
     params:
-        settings=lambda w: settings(filter=xconfig(w)["filter"]),
+        agreement=lambda w, input: (
+            f"--agreement {input.agreement}" if input.agreement else ""
+        ),
+        settings=lambda w: settings(
+            filter=xconfig(w)["filter"], verify=xconfig(w)["verify"]
+        ),
     shell:
         "python -m scalediff.filter gather --candidates {input.candidates} --rules-rejects {input.rejects}"
+        " {params.agreement}"
         " --rules-stats {input.stats} --verdicts {input.verdicts} --original {output.original}"
         " --generated {output.generated} --card {output.card} --rejects {output.rejects}"
         " --funnel {output.funnel} --funnel-csv {output.funnel_csv} --plot {output.plot}"

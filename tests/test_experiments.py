@@ -43,6 +43,8 @@ def test_a_variant_reruns_only_the_stages_its_overrides_change():
     assert train["diffgen_train"] and not train["select"]
     difficult = xp.stage_prefixes(_with("d", {"sft_mix.original": "difficult"}))["d"]
     assert difficult["sft_original"] and difficult["sft_scalediff"] and not difficult["filter"]
+    verified = xp.stage_prefixes(_with("v", {"distill.n": 4, "verify.enabled": True}))["v"]
+    assert verified["distill"] and verified["verify"] and verified["filter"] and not verified["diffgen"]
     evals = xp.stage_prefixes(_with("e", {"eval.temperature": 1.0}))["e"]
     assert evals["eval"] and not any(evals[s] for s in xp.STAGES)
 
@@ -79,6 +81,16 @@ def test_a_bad_override_fails_the_dry_run_before_any_job(tmp_path):
     res = _dry_run(_workdir(tmp_path / "type", "config.yaml", wrong_type), "experiments")
     out = res.stdout + res.stderr
     assert res.returncode != 0 and "config experiments.generated_half" in out and "hot" in out
+
+    def one_sample(cfg):  # verification with one teacher sample per problem has nothing to agree on
+        cfg["experiments"]["generated_half"]["overrides"] = {"verify.enabled": True}
+
+    (tmp_path / "verify").mkdir()
+    res = _dry_run(_workdir(tmp_path / "verify", "config.yaml", one_sample), "experiments")
+    assert (
+        res.returncode != 0
+        and "verify.enabled: the teacher's agreement needs distill.n >= 2" in res.stdout + res.stderr
+    )
 
 
 @pytest.mark.slow

@@ -21,7 +21,8 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "diffgen": (("seed", "engine", "diffgen.sample"), ("diffgen_train",)),
     "select_generated": (("seed", "engine", "models.selector", "select"), ("diffgen",)),
     "distill": (("seed", "engine", "models.teacher", "distill"), ("diffgen",)),
-    "filter": (("seed", "engine", "models.student_base", "filter", "benchmarks"), ("distill",)),
+    "verify": (("verify",), ("distill",)),
+    "filter": (("seed", "engine", "models.student_base", "filter", "benchmarks", "verify"), ("distill", "verify")),
     # the two SFT runs: original data only (the paper's baseline) and original + generated
     "sft_original": (("models.student_base", "sft", "sft_mix.original", "sft_mix.seed"), ("filter",)),
     "sft_scalediff": (("models.student_base", "sft", "sft_mix"), ("filter",)),
@@ -110,6 +111,9 @@ def stage_fingerprints(config: dict[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for stage, (keys, upstream) in STAGES.items():  # listed in dependency order
         own = {k: get_dotted(config, k, None) for k in keys}
+        if stage == "verify" and not get_dotted(config, "verify.enabled", False):
+            out[stage] = _digest("off")  # no job: nothing to recompute, whatever is upstream
+            continue
         if stage in SFT_STAGES.values() and get_dotted(config, "sft_mix.original", "all") == "difficult":
             upstream = (*upstream, "select")  # the pool's difficult subset: the selector's labels
         out[stage] = _digest([own, [out[u] for u in upstream]])

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--rules-rejects", required=True)
     g.add_argument("--rules-stats", required=True)
     g.add_argument("--verdicts", nargs="+", required=True)
+    g.add_argument("--agreement", help="verify/agreement.parquet: apply verification (settings `verify`)")
     for name in ("original", "generated", "card", "rejects", "funnel", "funnel-csv", "plot"):
         g.add_argument(f"--{name}", required=True)
     cli.add_settings_argument(g)
@@ -116,7 +117,16 @@ def main(argv: list[str] | None = None) -> None:
             "funnel_csv": args.funnel_csv,
             "plot": args.plot,
         }
-        run_gather(args.candidates, args.rules_rejects, args.rules_stats, args.verdicts, settings["filter"], outputs)
+        run_gather(
+            args.candidates,
+            args.rules_rejects,
+            args.rules_stats,
+            args.verdicts,
+            settings["filter"],
+            outputs,
+            agreement_path=args.agreement,
+            verify_cfg=settings.get("verify"),
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,6 +48,42 @@ def _model_reject(r: dict[str, Any], v: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _verify_reject(r: dict[str, Any], reason: str, a: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **_model_reject(r, {"agree": 0, "k": 0, "student_answers": []}),
+        "filter": "verification",
+        "reason": reason,
+        "reasons": reason,
+        "detail": f"agreement {a['agreement']:.2f} of {a['samples']} teacher samples, majority answer "
+        f"{a['majority_answer']!r}, this sample's {r['answer']!r}",
+    }
+
+
+def read_agreement(path: str | None) -> dict[str, dict[str, Any]]:
+    """Generated problems' teacher agreement (``scalediff.verify``): id -> agreement row."""
+    if not path:
+        return {}
+    columns = ["id", "origin", "samples", "majority_answer", "agreement", "majority_samples"]
+    out = {}
+    for batch in iter_batches(path, columns=columns):
+        for row in batch.to_pylist():
+            if row["origin"] == "generated":
+                out[row["id"]] = row
+    return out
+
+
+def verification(r: dict[str, Any], agreement: dict[str, dict[str, Any]], cfg: dict[str, Any]) -> str | None:
+    """Why verification removes a generated row (``low_agreement``, ``minority_answer``), or None."""
+    a = agreement.get(r["id"])
+    if a is None:
+        raise RuntimeError(f"verification: no agreement row for generated candidate {r['id']}")
+    if a["agreement"] < cfg.get("min_agreement", 0.0):
+        return "low_agreement"
+    if cfg.get("majority_only", True) and r["sample"] not in a["majority_samples"]:
+        return "minority_answer"
+    return None
+
+
 def run_gather(
     candidates: str,
     rules_rejects: str,
@@ -54,13 +91,19 @@ def run_gather(
     verdict_paths: list[str],
     raw_cfg: dict[str, Any],
     out: dict[str, str],
+    agreement_path: str | None = None,
+    verify_cfg: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Apply the model-based verdicts while streaming the candidates into the dataset splits.
+    """Apply verification (with ``agreement_path``: the teacher's self-agreement) and the model-based
+    verdicts while streaming the candidates into the dataset splits.
 
     Verdict shards hold whole problems in candidate order, so they are consumed alongside the
     candidates; a verdict that arrives early waits in a small buffer until its row comes.
     """
     cfg = with_defaults(raw_cfg)
+    agreement = read_agreement(agreement_path)
+    verify_cfg = verify_cfg or {}
+    verified: dict[str, Counter] = {"generated": Counter()}
     stats = read_json(rules_stats)
     pending: dict[tuple[str, int], dict[str, Any]] = {}
     stream = _iter_verdicts(verdict_paths)
@@ -93,6 +136,10 @@ def run_gather(
             for r in batch.to_pylist():
                 if r["origin"] == "generated":
                     v = verdict_for((r["id"], r["sample"]))
+                    if agreement_path and (why := verification(r, agreement, verify_cfg)):
+                        verified["generated"][why] += 1
+                        parts["rejects"].append(_verify_reject(r, why, agreement[r["id"]]))
+                        continue
                     model["rows"] += 1
                     model["checked"] += bool(v["checked"])
                     if v["drop"]:
@@ -113,7 +160,12 @@ def run_gather(
             raise RuntimeError(f"{leftover} model-based verdicts match no generated candidate")
 
     problems_kept = {o: distinct_ids(out[o]).get(o, 0) for o in ("original", "generated")}
-    funnel = build_funnel(stats, model, kept, problems_kept, cfg)
+    funnel = build_funnel(stats, model, kept, problems_kept, cfg, verified)
+    funnel["verification"] = {
+        "enabled": bool(agreement_path),
+        **{k: verify_cfg.get(k) for k in ("min_agreement", "majority_only")},
+        "removed": dict(verified["generated"]),
+    }
     write_json(funnel, out["funnel"])
     write_funnel_csv(funnel, out["funnel_csv"])
     write_card(funnel, cfg, token_sum / token_rows if token_rows else None, out["card"])

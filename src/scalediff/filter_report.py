@@ -19,12 +19,16 @@ def build_funnel(
     kept: dict[str, int],
     problems_kept: dict[str, int],
     cfg: dict[str, Any],
+    verified: dict[str, Counter] | None = None,
 ) -> dict[str, Any]:
-    """The funnel from the rules stats, the model-based counts (rows, checked, dropped) and what was kept."""
+    """The funnel from the rules stats, the model-based counts (rows, checked, dropped), the rows
+    verification removed in gather (origin -> reason -> rows) and what was kept."""
     solved = model["dropped"]
+    verified = verified or {}
     by_origin: dict[str, Any] = {}
     for origin, counts in stats["rows"].items():
         removed_by = Counter(counts["rejected"]) + Counter(counts["quarantined"])
+        removed_by += verified.get(origin, Counter())
         if origin == "generated" and solved:
             removed_by["student_solved"] += solved
         steps, remaining = [], counts["in"]
@@ -38,6 +42,7 @@ def build_funnel(
         final = kept.get(origin, 0)
         n_quarantined = sum(counts["quarantined"].values())
         n_rejected = sum(counts["rejected"].values()) + (solved if origin == "generated" else 0)
+        n_rejected += sum(verified.get(origin, Counter()).values())
         if remaining != final or counts["in"] != final + n_quarantined + n_rejected:
             raise RuntimeError(
                 f"accounting identity broken for {origin}: in {counts['in']}, kept {final}, "

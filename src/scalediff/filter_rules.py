@@ -50,6 +50,7 @@ SOLUTION_REASONS = (
 DECONTAM_REASONS = ("contaminated_exact", "contaminated")
 DEDUP_REASONS = ("duplicate_of_original", "duplicate", "near_duplicate_of_original", "near_duplicate")
 MODEL_REASONS = ("student_solved",)
+VERIFY_REASONS = ("low_agreement", "minority_answer")  # scalediff.verify, applied by filter gather
 OTHER_REASONS = ("superseded_by_distilled",)
 
 FILTER_OF_REASON = {
@@ -58,10 +59,20 @@ FILTER_OF_REASON = {
     **dict.fromkeys(SOLUTION_REASONS, "solution"),
     **dict.fromkeys(DECONTAM_REASONS, "decontamination"),
     **dict.fromkeys(DEDUP_REASONS, "dedup"),
+    **dict.fromkeys(VERIFY_REASONS, "verification"),
     **dict.fromkeys(MODEL_REASONS, "model_based"),
     **dict.fromkeys(OTHER_REASONS, "superseded"),
 }
-FILTER_ORDER = ("quarantine", "superseded", "problem", "solution", "decontamination", "dedup", "model_based")
+FILTER_ORDER = (
+    "quarantine",
+    "superseded",
+    "problem",
+    "solution",
+    "decontamination",
+    "dedup",
+    "verification",
+    "model_based",
+)
 
 # Defaults for every key the filter reads beyond the ones the schema requires: config.yaml states
 # them all explicitly; older configs (or paper.yaml) without them get these values.
