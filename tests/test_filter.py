@@ -646,6 +646,8 @@ def test_student_drop_rules():
     assert flt.student_drops(1, 4, "any") and not flt.student_drops(0, 4, "any")
     assert not flt.student_drops(2, 4, "majority") and flt.student_drops(3, 4, "majority")
     assert flt.student_drops(1, 1, "majority")
+    with pytest.raises(ValueError, match="model_based.rule: 'all'"):
+        flt.student_drops(4, 4, "all")  # a rule it does not know is an error, not "majority"
 
 
 @pytest.mark.slow

@@ -36,7 +36,11 @@ VERDICT_SCHEMA = pa.schema(
 # ============================================================================ model-based
 def student_drops(agree: int, k: int, rule: str) -> bool:
     """``any``: one of the k student answers matches the teacher's; ``majority``: more than half do."""
-    return agree >= 1 if rule == "any" else agree * 2 > k
+    if rule == "any":
+        return agree >= 1
+    if rule == "majority":
+        return agree * 2 > k
+    raise ValueError(f"filter.model_based.rule: {rule!r} is not 'any' or 'majority'")
 
 
 def run_model_shard(
