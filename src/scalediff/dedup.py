@@ -255,6 +255,11 @@ class NearDupIndex:
     ) -> None:
         self.ngram, self.num_perm, self.threshold, self.seed = ngram, num_perm, threshold, seed
         self.bands: list[tuple[int, int]] = MinHashLSH(threshold=threshold, num_perm=num_perm).hashranges
+        # datasketch's bands are equal-width runs from 0: a candidate's bands are then checked in one
+        # numpy call (a row of a (bands x width) grid), not one array_equal per band
+        width = self.bands[0][1] - self.bands[0][0]
+        uniform = all((a, b) == (i * width, (i + 1) * width) for i, (a, b) in enumerate(self.bands))
+        self._band_grid = (len(self.bands), width) if uniform else None
         # MinHash() draws its permutations on every construction (~0.2 ms); draw them once and share
         self._template = MinHash(num_perm=num_perm, seed=seed)
         self._ids = _Ids()
@@ -304,11 +309,16 @@ class NearDupIndex:
         if rows:
             return "exact", rows[0]
         best, best_sim = None, self.threshold
+        grid = self._band_grid
         for row in sorted(set(self._buckets.get(p.bands))):
-            cand = self._sigs[row]
-            if not any(np.array_equal(cand[a:b], p.sig[a:b]) for a, b in self.bands):
+            equal = self._sigs[row] == p.sig
+            if grid is not None:
+                shared = bool(equal[: grid[0] * grid[1]].reshape(grid).all(axis=1).any())
+            else:
+                shared = any(equal[a:b].all() for a, b in self.bands)
+            if not shared:
                 continue  # band keys collided, no band is shared: not an LSH candidate
-            sim = float(np.mean(cand == p.sig))
+            sim = float(equal.mean())
             if sim > best_sim or (best is None and sim >= best_sim):
                 best, best_sim = row, sim
         return ("near", best) if best is not None else None
