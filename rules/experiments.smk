@@ -13,6 +13,7 @@ rule experiment_run:
         ],
         funnel=at("filter", "filter/funnel.json"),
         generated=at("select_generated", "select/generated/summary.json"),
+        select=at("select", "select/summary.json"),
     output:
         f"{R}/{{exp}}run_summary.json",
     log:
@@ -23,9 +24,11 @@ rule experiment_run:
         CONDA_ENV
     params:
         name=run_name,
+        select_benchmarks=lambda w: f"{R}/{prefix(w, 'select')}benchmarks",
     shell:
         "python -m scalediff.experiments_report run --name {params.name} --scores {input.scores}"
         " --sft {input.sft} --funnel {input.funnel} --generated-select {input.generated}"
+        " --select-summary {input.select} --select-benchmarks {params.select_benchmarks}"
         " --output {output} > {log} 2>&1"
 
 

@@ -198,3 +198,30 @@ def test_random_subset_keeps_the_selectors_count_and_draws_the_rest(tmp_path):
     c = _scores(tmp_path / "c.parquet", ids, labels)
     random_subset(c, seed=4)
     assert {r["id"] for r in pq.read_table(c).to_pylist() if r["difficult"]} != drawn_a
+
+
+def test_run_summary_reports_shares_and_the_selectors_measured_cost(tmp_path):
+    """A run's summary: generated problems judged difficult and kept by the filters, and the selector's
+    wall seconds per pool problem from the rules' benchmark files (absent files: no figure, no error)."""
+    import json
+
+    from scalediff.experiments_report import run_summary
+
+    score = tmp_path / "eval" / "m" / "aime24.json"
+    score.parent.mkdir(parents=True)
+    score.write_text(json.dumps({"model": "m", "benchmark": "aime24", "mean": 10.0, "per_seed": [10.0],
+                                 "n_problems": 30, "n_available": 30}))  # fmt: skip
+    funnel, generated, select = tmp_path / "funnel.json", tmp_path / "gen.json", tmp_path / "select.json"
+    funnel.write_text(json.dumps({"removed_fraction_generated": 0.25, "by_origin": {}}))
+    generated.write_text(json.dumps({"difficult_ratio": 0.875}))
+    select.write_text(json.dumps({"scored": 200}))
+    shards = tmp_path / "benchmarks" / "select" / "select_shard"
+    shards.mkdir(parents=True)
+    for i, wall in enumerate((30.0, 50.0)):
+        (shards / f"{i + 1}-of-2.tsv").write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{wall}\t0:00:30\t100\t20\n")
+    got = run_summary("main", [str(score)], [], str(funnel), str(generated), str(select), str(tmp_path / "benchmarks"))
+    assert got["generated_difficult"] == 0.875 and got["funnel"]["removed_fraction_generated"] == 0.25
+    assert got["select_s_per_problem"] == pytest.approx(80.0 / 200)
+    assert got["models"]["m"]["aime24"]["seeds"] == 1
+    none = run_summary("v", [str(score)], [], None, None, str(select), str(tmp_path / "nothing"))
+    assert none["select_s_per_problem"] is None

@@ -76,8 +76,29 @@ def bootstrap_gain(
     return {"gain": float(point), "ci_low": float(lo), "ci_high": float(hi), "resamples": n}
 
 
-def run_summary(name: str, scores: list[str], sft: list[str], funnel: str | None, generated: str | None) -> dict:
-    """What the table shows of one run: per model and benchmark mean and seed count, SFT data size."""
+def selection_cost(select_summary: str | None, benchmarks_dir: str | None) -> float | None:
+    """Measured selector wall seconds per scored pool problem (the rules' benchmark files of
+    ``select_shard``), or None before any were written."""
+    if not (select_summary and benchmarks_dir):
+        return None
+    from scalediff.plan import read_benchmarks
+
+    shard = read_benchmarks(benchmarks_dir).get("select", {}).get("select_shard")
+    scored = read_json(select_summary).get("scored")
+    return shard["wall_s"] / scored if shard and scored else None
+
+
+def run_summary(
+    name: str,
+    scores: list[str],
+    sft: list[str],
+    funnel: str | None,
+    generated: str | None,
+    select_summary: str | None = None,
+    select_benchmarks: str | None = None,
+) -> dict:
+    """What the table shows of one run: per model and benchmark mean and seed count, SFT data size,
+    the generated problems' difficult and kept shares, the selector's measured cost per problem."""
     models: dict[str, dict[str, Any]] = defaultdict(dict)
     for path in scores:
         s = read_json(path)
@@ -97,7 +118,17 @@ def run_summary(name: str, scores: list[str], sft: list[str], funnel: str | None
         out["funnel"] = {k: v for k, v in read_json(funnel).items() if not isinstance(v, list | dict)}
     if generated:
         out["generated_difficult"] = read_json(generated).get("difficult_ratio")
+    out["select_s_per_problem"] = selection_cost(select_summary, select_benchmarks)
     return out
+
+
+def _kept(run: dict) -> float | None:
+    removed = run.get("funnel", {}).get("removed_fraction_generated")
+    return None if removed is None else 1 - removed
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.0f}%"
 
 
 def _fmt(v: float | None, nd: int = 1) -> str:
@@ -136,6 +167,9 @@ def build(runs: dict[str, dict], experiments: dict[str, dict], paper: dict, eval
             "seeds": {b: run["models"].get(student, {}).get(b, {}).get("seeds") for b in weights},
             "problems": {b: run["models"].get(student, {}).get(b, {}).get("n_problems") for b in weights},
             "rerun": spec.get("rerun", []),
+            "generated_difficult": run.get("generated_difficult"),
+            "generated_kept": _kept(run),
+            "select_s_per_problem": run.get("select_s_per_problem"),
         }
         if student and row["student_avg"] is not None and row["main_avg"] is not None:
             row["gain"] = bootstrap_gain(matrices(main, student), matrices(run, student), weights)
@@ -144,6 +178,9 @@ def build(runs: dict[str, dict], experiments: dict[str, dict], paper: dict, eval
     main_row = {
         "avg": avg(main, student) if student else None,
         "generated_rows": (main.get("sft", {}).get("scalediff", {}).get("by_origin") or {}).get("generated"),
+        "generated_difficult": main.get("generated_difficult"),
+        "generated_kept": _kept(main),
+        "select_s_per_problem": main.get("select_s_per_problem"),
     }
     main_row["benchmarks"] = benchmark_subsets(main, student)
     return {"student_model": student, "main": main_row, "groups": dict(groups)}
@@ -169,15 +206,22 @@ def render(result: dict, benchmarks: str, demo: bool) -> str:
         f"Benchmarks: {subset}. AVG: the paper's weighted average (AIME25 counted twice).",
         "Gain: the variant's AVG minus the main run's, with a 95% paired bootstrap interval over problems and seeds.",
         "",
-        f"Main run: AVG {_fmt(result['main']['avg'])}, generated rows in SFT: {result['main']['generated_rows']}.",
+        "Generated problems: the share the selector judged difficult (the paper: ~88%) and the share the"
+        " filters kept; selector cost: measured wall seconds per pool problem.",
+        "",
+        f"Main run: AVG {_fmt(result['main']['avg'])}, generated rows in SFT: {result['main']['generated_rows']},"
+        f" generated difficult {_pct(result['main']['generated_difficult'])}, kept"
+        f" {_pct(result['main']['generated_kept'])}, selector {_fmt(result['main']['select_s_per_problem'], 3)}"
+        " s/problem.",
     ]
     for group, rows in result["groups"].items():
         lines += [
             "",
             f"## {group}",
             "",
-            "| experiment | model | overrides | generated rows | AVG | gain (95% CI) | paper AVG | recomputed |",
-            "|---|---|---|---|---|---|---|---|",
+            "| experiment | model | overrides | generated rows | generated difficult | generated kept"
+            " | selector s/problem | AVG | gain (95% CI) | paper AVG | recomputed |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             g = r.get("gain")
@@ -185,7 +229,8 @@ def render(result: dict, benchmarks: str, demo: bool) -> str:
             over = "; ".join(f"`{k}: {json.dumps(v)}`" for k, v in r["overrides"].items())
             rows_used = "–" if r["generated_rows"] is None else r["generated_rows"]
             lines.append(
-                f"| {r['experiment']} | {r['model']} | {over} | {rows_used} "
+                f"| {r['experiment']} | {r['model']} | {over} | {rows_used} | {_pct(r['generated_difficult'])} "
+                f"| {_pct(r['generated_kept'])} | {_fmt(r['select_s_per_problem'], 3)} "
                 f"| {_fmt(r['student_avg'])} | {gain} | {_fmt(r['paper_avg'])} | {', '.join(r['rerun']) or '–'} |"
             )
     return "\n".join(lines) + "\n"
@@ -243,10 +288,21 @@ def summary_main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sft", nargs="*", default=[])
     ap.add_argument("--funnel")
     ap.add_argument("--generated-select")
+    ap.add_argument("--select-summary", help="the pool selection's summary.json (problems scored)")
+    ap.add_argument("--select-benchmarks", help="the benchmarks folder holding select/select_shard/*.tsv")
     ap.add_argument("--output", required=True)
     args = ap.parse_args(argv)
     cli.setup_logging()
-    write_json(run_summary(args.name, args.scores, args.sft, args.funnel, args.generated_select), args.output)
+    summary = run_summary(
+        args.name,
+        args.scores,
+        args.sft,
+        args.funnel,
+        args.generated_select,
+        args.select_summary,
+        args.select_benchmarks,
+    )
+    write_json(summary, args.output)
 
 
 if __name__ == "__main__":
