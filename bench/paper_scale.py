@@ -356,6 +356,7 @@ def steps(folder: Path, inputs: dict[str, Any], workers: int, tokenizer: Path) -
                 *("--stage-summaries", str(o / "diffgen/summary.json"), str(o / "distill/summary.json")),
                 *("--generated", str(o / "diffgen/generated.parquet")),
                 *("--solutions", str(o / "distill/solutions.parquet"), "--out-dir", str(o / "report")),
+                *("--settings", _settings(eval_models={}, reproduces={}, demo=False)),
             ],
         ),
     ]
