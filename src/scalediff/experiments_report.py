@@ -25,6 +25,7 @@ import yaml
 
 from scalediff import cli
 from scalediff.records import atomic_path, read_json, write_json
+from scalediff.report import weighted_avg
 
 log = logging.getLogger(__name__)
 STUDENT = "student"  # eval.models entry trained on original + generated data (`trained: student`)
@@ -42,10 +43,6 @@ def correctness(details: str) -> tuple[list[str], np.ndarray]:
     return ids, m
 
 
-def weighted(per_benchmark: dict[str, float], weights: dict[str, float]) -> float:
-    return sum(per_benchmark[b] * w for b, w in weights.items()) / sum(weights.values())
-
-
 def bootstrap_gain(
     a: dict[str, tuple[list[str], np.ndarray]],
     b: dict[str, tuple[list[str], np.ndarray]],
@@ -55,7 +52,7 @@ def bootstrap_gain(
 ) -> dict[str, float]:
     """Weighted-AVG gain of ``b`` over ``a`` (points) with a 95% paired bootstrap interval."""
     rng = np.random.default_rng(seed)
-    point = weighted({k: 100 * b[k][1].mean() for k in weights}, weights) - weighted(
+    point = weighted_avg({k: 100 * b[k][1].mean() for k in weights}, weights) - weighted_avg(
         {k: 100 * a[k][1].mean() for k in weights}, weights
     )
     draws = np.zeros(n)
@@ -145,7 +142,7 @@ def build(runs: dict[str, dict], experiments: dict[str, dict], paper: dict, eval
         scores = run["models"].get(model, {})
         if any(b not in scores for b in weights):
             return None
-        return weighted({b: scores[b]["mean"] for b in weights}, weights)
+        return weighted_avg({b: scores[b]["mean"] for b in weights}, weights)
 
     def matrices(run: dict, model: str) -> dict[str, tuple[list[str], np.ndarray]]:
         return {b: correctness(run["models"][model][b]["details"]) for b in weights}
@@ -238,10 +235,7 @@ def render(result: dict, benchmarks: str, demo: bool) -> str:
 
 def plot_size(result: dict, path: str) -> None:
     """AVG against the generated rows the student trained on (the augmentation-size question)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from scalediff.plots import plt, save  # headless backend set there
 
     points = [(result["main"]["generated_rows"], result["main"]["avg"], "main")]
     for rows in result["groups"].values():
@@ -254,10 +248,7 @@ def plot_size(result: dict, path: str) -> None:
     ax.set_xlabel("generated rows in SFT data")
     ax.set_ylabel("student AVG (weighted)")
     ax.set_title("AVG against generated data size")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
