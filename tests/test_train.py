@@ -3,6 +3,7 @@
 import csv
 import json
 import multiprocessing as mp
+import os
 import queue as queue_module
 from collections.abc import Sequence
 
@@ -445,3 +446,40 @@ def test_kernels_this_machine_cannot_run_fail_at_start(tmp_path, key, value, mes
         pytest.skip("liger-kernel is installed here")
     with pytest.raises(RuntimeError, match=message):
         train("/nonexistent-model", [], str(tmp_path / "model"), {**RESUME_SETTINGS, key: value})
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_trains_in_one_process_that_no_launcher_started(tmp_path):
+    """One GPU (or the CPU rehearsal) starts training as a plain process: DeepSpeed then needs a
+    torch.distributed rendezvous it cannot discover (it fell back to MPI and died on a missing mpi4py).
+    The repo's ZeRO-2 config with bf16 trains, and the saved weights moved."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base = build_tiny(tmp_path / "base")
+    zero2 = Path(__file__).resolve().parents[1] / "config" / "deepspeed" / "zero2.json"
+    settings = {**RESUME_SETTINGS, "deepspeed": str(zero2), "bf16": True}
+    examples = [{"prompt": "<|im_start|>user\n", "response": f + "<|im_end|>\n"} for f in FACTS] * 4
+    script = (
+        "import json, logging, sys; logging.basicConfig(level=logging.INFO)\n"
+        "from scalediff.train import train\n"
+        "train(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4]), loss_csv=sys.argv[5],"
+        " max_steps=3)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    args = [str(base), json.dumps(examples), str(tmp_path / "model"), json.dumps(settings), str(tmp_path / "loss.csv")]
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "rendezvous on 127.0.0.1" in proc.stderr
+    with open(tmp_path / "loss.csv") as fh:
+        losses = [float(r["loss"]) for r in csv.DictReader(fh)]
+    assert len(losses) == 3 and all(0 < x < 100 for x in losses)
+    before = AutoModelForCausalLM.from_pretrained(base).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "model").state_dict()
+    assert any(not torch.equal(before[k].float(), after[k].float()) for k in before)

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +38,22 @@ IGNORE = -100
 def is_main_process() -> bool:
     """Rank 0 of a torchrun/DeepSpeed launch (or a plain single process): the one that writes files."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def single_process_rendezvous() -> None:
+    """The distributed environment of a one-process run that no launcher started.
+
+    DeepSpeed always initialises torch.distributed; without torchrun's variables it falls back to MPI
+    discovery and stops on a missing ``mpi4py`` (one GPU, or the CPU rehearsal, start as a plain
+    process). A launched rank keeps what its launcher set.
+    """
+    if "RANK" in os.environ or "WORLD_SIZE" in os.environ:
+        return
+    with socket.socket() as probe:  # a free port on this host for the one-member rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    log.info("one process, no launcher: torch.distributed rendezvous on 127.0.0.1:%d for DeepSpeed", port)
 
 
 def tokenize_pair(tokenizer: Any, prompt: str, response: str, cutoff: int) -> dict[str, list[int]] | None:
@@ -417,6 +434,8 @@ def train(
     # group_by_length: batches of similar length (padding makes CPU steps 3-7x slower); the reference's
     # DiffGen run samples at random (config: false).
     grouped = bool(settings.get("group_by_length", True))
+    if settings.get("deepspeed"):
+        single_process_rendezvous()
     args = TrainingArguments(
         output_dir=str(run_dir),
         num_train_epochs=float(settings.get("epochs", 1)),
