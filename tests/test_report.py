@@ -199,6 +199,27 @@ def report_cmd(d: Path, scores: list[str], out: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def test_rehearsal_rows_name_the_hub_model_their_twin_stands_for():
+    from scalediff.report import describe_models, model_label
+
+    rows = [{"model": m, "origin": "this run"} for m in ("student_base", "scalediff_student", "released")]
+    settings = {
+        "eval_models": {
+            "student_base": {"twin": "Qwen/Qwen2.5-Math-7B-Instruct"},
+            "scalediff_student": {"trained": "student"},
+            "released": {"path": "QizhiPei/ScaleDiff-7B"},
+        },
+        "reproduces": {"student_base": "Qwen2.5-Math-7B-Instruct"},
+        "demo": True,
+    }
+    describe_models(rows, settings, PAPER)
+    assert [model_label(r) for r in rows] == [
+        "student_base (twin of Qwen/Qwen2.5-Math-7B-Instruct; reproduces Qwen2.5-Math-7B-Instruct)",
+        "scalediff_student (tiny demo model)",
+        "released",
+    ]
+
+
 def test_cli_end_to_end(report_inputs):
     d, scores = report_inputs
     out = d / "report"

@@ -1,6 +1,6 @@
 """Run the repo's SLURM profiles against a real scheduler.
 
-Needs a running SLURM with partitions `cpu` (default) and `gpu` and a (fake) `gres gpu:1`, i.e.
+Needs a running SLURM with partitions `cpu` (default) and `gpu` and (fake) GPUs in `gres gpu:N`, i.e.
 `bash tests/slurm/start_slurm.sh` (root) before `pytest -m slurm`. Skipped when `sbatch` is not on
 PATH.
 
@@ -136,7 +136,7 @@ def slurm_jobs(workdir: Path, logdir: Path | None = None) -> dict[str, list[Slur
     return jobs
 
 
-SACCT_FIELDS = "JobID,JobName,Partition,State,ExitCode,NTasks,ReqTRES,AllocTRES,WorkDir"
+SACCT_FIELDS = "JobID,JobName,Partition,State,ExitCode,NTasks,ReqTRES,AllocTRES,WorkDir,Start,End"
 
 
 def sacct_job(jobid: str, retries: int = 20) -> dict:

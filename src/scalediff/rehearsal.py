@@ -99,6 +99,16 @@ OVERRIDES: tuple[Override, ...] = (
     Override(("filter", "threads"), 2, "2 CPU cores"),
     Override(("filter", "model_based", "shards"), 2, _COUNT),
     Override(("sft", "epochs"), 1, _COUNT),
+    *(
+        Override(
+            (*section, "logging_steps"),
+            1,
+            "count: the rehearsal's runs take fewer optimizer steps than the trainer's logging interval (5),"
+            " so every step's loss is logged (the loss curves and summaries are not empty)",
+            added=True,
+        )
+        for section in (("diffgen", "train"), ("sft",))
+    ),
     Override(("sft", "launch", "nodes"), 1, _NO_GPU),
     Override(("sft", "launch", "gpus_per_node"), 0, _NO_GPU),
     Override(("sft", "require_cuda"), False, _CPU),

@@ -91,10 +91,12 @@ def score_cell(score: list[float] | None, seeds: int | None) -> str:
 
 
 def model_label(row: dict[str, Any]) -> str:
-    """A row's model with what it stands for: the paper row it reproduces and whether it is a tiny demo model."""
+    """A row's model with what it stands for: the paper row it reproduces and whether it is a tiny demo model
+    (or the twin of a Hub model, in the rehearsal)."""
     if row["origin"] != "this run":
         return row["model"]
-    notes = [n for n in ("tiny demo model" if row.get("demo") else "", row.get("reproduces") or "") if n]
+    tiny = f"twin of {row['twin']}" if row.get("twin") else "tiny demo model" if row.get("demo") else ""
+    notes = [n for n in (tiny, row.get("reproduces") or "") if n]
     if row.get("reproduces"):
         notes[-1] = f"reproduces {row['reproduces']}"
     return f"{row['model']} ({'; '.join(notes)})" if notes else row["model"]
@@ -257,6 +259,7 @@ def describe_models(rows: list[dict[str, Any]], settings: dict[str, Any], paper:
             r["trained"] = str(ref.get("trained", "")).startswith("student")
             r["reproduces"] = reproduces.get(r["model"])
             r["demo"] = bool(settings.get("demo")) and "path" not in ref
+            r["twin"] = ref.get("twin")  # the rehearsal: a tiny model with this Hub model's published settings
 
 
 def write_csv(rows: list[dict[str, Any]], paper: dict[str, Any], path: str) -> None:
