@@ -107,7 +107,12 @@ if [ "$NGPU" = 1 ]; then
   GPU_FILES=/dev/null
 else
   install -d /var/lib/slurm/fake-gpu
-  for i in $(seq 0 $((NGPU - 1))); do touch "/var/lib/slurm/fake-gpu/nvidia$i"; done
+  # character devices (copies of /dev/null's numbers): slurmd skips regular files when it sets
+  # CUDA_VISIBLE_DEVICES, which then stays empty
+  for i in $(seq 0 $((NGPU - 1))); do
+    dev="/var/lib/slurm/fake-gpu/nvidia$i"
+    [ -c "$dev" ] || { rm -f "$dev"; mknod -m 666 "$dev" c 1 3; }
+  done
   GPU_FILES="/var/lib/slurm/fake-gpu/nvidia[0-$((NGPU - 1))]"
 fi
 cat > "$CONF/gres.conf.new" <<EOF
