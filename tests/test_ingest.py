@@ -50,6 +50,13 @@ def test_chat_and_flat_sources_map_to_one_schema(tmp_path):
                 ]
             },
             {"conversations": [{"from": "human", "value": "What is 2+2?"}, {"from": "gpt", "value": "\\boxed{4}"}]},
+            # AM-Qwen3-Distilled's layout: `info` on each turn, the reference answer in the user turn's
+            {
+                "conversations": [
+                    {"from": "human", "value": "What is 5+5?", "info": {"source": "x", "reference_answer": "10"}},
+                    {"from": "assistant", "value": "<think>ok</think> \\boxed{10}", "info": {"reference_answer": None}},
+                ]
+            },
         ],
     )
     _write(tmp_path / "flat.jsonl", [{"q": "What is 3+3?", "sol": "6", "ans": 6}])
@@ -73,11 +80,12 @@ def test_chat_and_flat_sources_map_to_one_schema(tmp_path):
     assert [(r["problem"], r["answer"], r["source"]) for r in pool] == [
         ("What is 1+1?", "2", "am"),
         ("What is 2+2?", None, "am"),
+        ("What is 5+5?", "10", "am"),
         ("What is 3+3?", "6", "flat"),
     ]
     assert pool[0]["solution"].startswith("<think>")
     assert pool[0]["id"] == problem_id("What is 1+1?")
-    assert summary["kept"] == 3
+    assert summary["kept"] == 4
 
 
 def test_bad_rows_are_quarantined_with_file_line_field_and_reason(tmp_path):

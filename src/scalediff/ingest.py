@@ -92,7 +92,10 @@ def _chat_turns(record: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _reference_answer(record: dict[str, Any]) -> Any:
-    for m in record.get("messages") or []:
+    """The turn-level ``info.reference_answer`` of either chat layout (AM-Qwen3-Distilled keeps it in the
+    user turn's ``info`` of its ``conversations``), else a top-level ``answer``."""
+    turns = record.get("messages") if isinstance(record.get("messages"), list) else record.get("conversations")
+    for m in turns if isinstance(turns, list) else []:
         info = m.get("info") if isinstance(m, dict) else None
         if isinstance(info, dict) and info.get("reference_answer") is not None:
             return info["reference_answer"]
