@@ -77,26 +77,26 @@ def _text(value: Any, field: str, required: bool, kind: str) -> str | None:
     return value
 
 
-def _chat_turns(record: dict[str, Any]) -> list[tuple[str, str]]:
-    """(role, text) turns from either chat layout."""
+def _chat_turns(record: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(role, text, info) turns from either chat layout (``info``: the turn's metadata dict, if any)."""
     if isinstance(record.get("messages"), list):
-        return [(str(m.get("role")), m.get("content")) for m in record["messages"] if isinstance(m, dict)]
+        return [
+            (str(m.get("role")), m.get("content"), m.get("info")) for m in record["messages"] if isinstance(m, dict)
+        ]
     if isinstance(record.get("conversations"), list):
         roles = {"human": "user", "gpt": "assistant"}
         return [
-            (roles.get(str(m.get("from")), str(m.get("from"))), m.get("value"))
+            (roles.get(str(m.get("from")), str(m.get("from"))), m.get("value"), m.get("info"))
             for m in record["conversations"]
             if isinstance(m, dict)
         ]
     raise RowError("messages", "neither `messages` nor `conversations` is a list")
 
 
-def _reference_answer(record: dict[str, Any]) -> Any:
-    """The turn-level ``info.reference_answer`` of either chat layout (AM-Qwen3-Distilled keeps it in the
-    user turn's ``info`` of its ``conversations``), else a top-level ``answer``."""
-    turns = record.get("messages") if isinstance(record.get("messages"), list) else record.get("conversations")
-    for m in turns if isinstance(turns, list) else []:
-        info = m.get("info") if isinstance(m, dict) else None
+def _reference_answer(record: dict[str, Any], turns: list[tuple[str, Any, Any]]) -> Any:
+    """The first turn-level ``info.reference_answer`` (AM-Qwen3-Distilled keeps it in the user turn's
+    ``info`` of its ``conversations``), else a top-level ``answer``."""
+    for _, _, info in turns:
         if isinstance(info, dict) and info.get("reference_answer") is not None:
             return info["reference_answer"]
     return record.get("answer")
@@ -109,13 +109,13 @@ def to_record(raw: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
     cols = {"problem": "problem", "solution": "solution", "answer": "answer", **(source.get("columns") or {})}
     if source["format"] == "chat":
         turns = _chat_turns(raw)
-        users = [t for r, t in turns if r == "user"]
+        users = [t for r, t, _ in turns if r == "user"]
         if not users:
             raise RowError("messages", "no user turn")
         problem = _text(users[0], "messages[0].content", True, "problem")
-        assistants = [t for r, t in turns if r == "assistant"]
+        assistants = [t for r, t, _ in turns if r == "assistant"]
         solution = _text(assistants[0], "assistant.content", False, "solution") if assistants else None
-        answer = _text(_reference_answer(raw), "answer", False, "answer")
+        answer = _text(_reference_answer(raw, turns), "answer", False, "answer")
     else:
         problem = _text(raw.get(cols["problem"]), cols["problem"], True, "problem")
         solution = _text(raw.get(cols["solution"]), cols["solution"], False, "solution")
