@@ -19,6 +19,9 @@ flags override the thresholds). Figures:
   given for problems of two or more sentences); ``embedded`` (inside a longer new text). A plant is
   caught when its verdict names the benchmark it came from.
 - the marble example: a new problem in competition style (boilerplate ending) must not be flagged.
+- other numbers: problems that are a benchmark problem's words with other numbers (``numbers_changed``
+  reports them, or removes them): the ``other numbers`` column of the corpora, the ``numbers, named``
+  recall row (removed or reported, naming the benchmark).
 
 ``--baseline`` adds the previous rule (any one shared 13-gram) for comparison.
 """
@@ -150,6 +153,12 @@ def _caught(index: BenchmarkIndex, text: str, benchmark: str | None = None) -> b
     return verdict is not None and (benchmark is None or benchmark in verdict[1])
 
 
+def _named(index: BenchmarkIndex, text: str, benchmark: str) -> bool:
+    """Removed or reported as the benchmark's words with other numbers, naming ``benchmark``."""
+    hit = index.check(text)
+    return benchmark in hit["remove"] | hit["numbers"]
+
+
 def build_index(overrides: dict[str, Any] | None = None, config: Path = REPO / "config" / "config.yaml"):
     """The configured benchmarks indexed with ``filter.decontamination`` (plus ``overrides``)."""
     cfg = yaml.safe_load(config.read_text())
@@ -158,8 +167,9 @@ def build_index(overrides: dict[str, Any] | None = None, config: Path = REPO / "
     return load_benchmarks(benchmarks, dcfg), benchmarks, dcfg
 
 
-def measure(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """False positives on the pool corpora, recall per plant kind and the marble verdict."""
+def measure(overrides: dict[str, Any] | None = None, named: bool = True) -> dict[str, Any]:
+    """False positives on the pool corpora, recall per plant kind and the marble verdict (``named``: also
+    the numbers plants named as other-numbers copies; the previous rule had no such report)."""
     index, benchmarks, dcfg = build_index(overrides)
     out: dict[str, Any] = {"settings": dcfg, "false_positives": {}, "recall": {}}
     for label, path in CORPORA.items():
@@ -172,6 +182,7 @@ def measure(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
             "problems": len(rows),
             "flagged": len(flagged),
             "exact": sum(bool(h["exact"]) for _, h in flagged),
+            "other_numbers": sum(bool(h["numbers"]) and not BenchmarkIndex.verdict(h) for h in hits),
             "rate": len(flagged) / len(rows),
             "problems_per_s": len(rows) / seconds,
             "examples": [
@@ -186,6 +197,13 @@ def measure(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     for kind, make in PLANTS.items():
         caught = [_caught(index, make(text, i), name) for name, i, text in plants]
         out["recall"][kind] = {"plants": len(caught), "caught": sum(caught), "rate": sum(caught) / len(caught)}
+        if kind == "numbers" and named:
+            named = [_named(index, make(text, i), name) for name, i, text in plants]
+            out["recall"]["numbers, named"] = {
+                "plants": len(named),
+                "caught": sum(named),
+                "rate": sum(named) / len(named),
+            }
         if kind == "reworded":
             multi = [c for c, (_, _, text) in zip(caught, plants, strict=True) if len(sentences(text)) > 1]
             out["recall"]["reworded (2+ sentences)"] = {
@@ -203,10 +221,11 @@ def print_table(title: str, m: dict[str, Any]) -> None:
         f"== {title}: {s['ngram']}-grams, boilerplate_df {s['boilerplate_df']}, min_share {s['min_share']}, "
         f"min_contained {s['min_contained']}"
     )
-    print(f"{'corpus':<28}{'problems':>9}{'flagged':>9}{'exact':>7}{'rate':>8}{'problems/s':>12}")
+    print(f"{'corpus':<28}{'problems':>9}{'flagged':>9}{'exact':>7}{'rate':>8}{'problems/s':>12}{'other numbers':>15}")
     for label, f in m["false_positives"].items():
         print(
-            f"{label:<28}{f['problems']:>9}{f['flagged']:>9}{f['exact']:>7}{f['rate']:>8.2%}{f['problems_per_s']:>12,.0f}"
+            f"{label:<28}{f['problems']:>9}{f['flagged']:>9}{f['exact']:>7}{f['rate']:>8.2%}"
+            f"{f['problems_per_s']:>12,.0f}{f['other_numbers']:>15}"
         )
     print(f"{'plant':<28}{'plants':>9}{'caught':>9}{'':>7}{'recall':>8}")
     for kind, r in m["recall"].items():
@@ -220,14 +239,15 @@ def main() -> None:
     ap.add_argument("--min-share", type=float)
     ap.add_argument("--min-contained", type=float)
     ap.add_argument("--boilerplate-df", type=int)
+    ap.add_argument("--numbers-changed", choices=("report", "remove"))
     ap.add_argument("--baseline", action="store_true", help="also the previous rule (any shared 13-gram)")
     ap.add_argument("--examples", action="store_true", help="print some flagged pool problems")
     args = ap.parse_args()
-    keys = ("ngram", "min_share", "min_contained", "boilerplate_df")
+    keys = ("ngram", "min_share", "min_contained", "boilerplate_df", "numbers_changed")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     runs = [("previous rule: any shared 13-gram", BASELINE)] if args.baseline else []
     for title, over in [*runs, ("configured" if not overrides else "configured + overrides", overrides)]:
-        m = measure(over)
+        m = measure(over, named=over is not BASELINE)
         print_table(title, m)
         if args.examples:
             for label, f in m["false_positives"].items():

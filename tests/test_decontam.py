@@ -53,6 +53,18 @@ def test_edited_plants_are_caught_by_shared_ngrams(figures):
     assert figures["recall"]["numbers"]["rate"] >= 0.35
 
 
+def test_every_renumbered_plant_is_named_and_kept_unless_removal_is_asked(figures, quality):
+    """A benchmark problem with every number changed is named as the benchmark's words with other numbers
+    (reported, not removed, by default: MATH train has such siblings of MATH-500 problems, and the share
+    rule alone keeps most of them); ``numbers_changed: remove`` removes every one."""
+    assert figures["recall"]["numbers, named"]["caught"] == 620
+    assert figures["recall"]["numbers"]["rate"] < 0.9  # the default keeps most of them
+    assert figures["false_positives"]["MATH train"]["other_numbers"] > 0
+    removed = quality.measure({"numbers_changed": "remove"})
+    assert removed["recall"]["numbers"]["caught"] == 620
+    assert removed["false_positives"]["MATH train"]["other_numbers"] == 0  # all now flagged
+
+
 def test_competition_boilerplate_is_not_evidence(quality):
     """The issue's marble problem ends in the AIME boilerplate shared by nine benchmark problems."""
     index, _, _ = quality.build_index()

@@ -8,6 +8,7 @@ changes the outcome: a row kept under one setting is removed under the other, wi
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -295,3 +296,31 @@ def test_pathological_answer_in_filter_worker_processes(tmp_path):
     assert out["p-100"]["detail"] == f"gold_mismatch: gold '2', teacher '{tower}'"
     assert [r["id"] for r in pq.read_table(cand).to_pylist()] == ["g-ok"]
     print(f"rules CLI with 2 workers on a pathological answer: {elapsed:.1f} s")
+
+
+def test_numbers_changed_policy(tmp_path):
+    """``decontamination.numbers_changed``: a generated problem that is a benchmark problem's words with
+    every number changed (and too few shared 8-grams to be flagged by share) is kept and counted under
+    ``report``, and removed as ``contaminated_numbers`` naming the benchmark problem under ``remove``."""
+    from scalediff.decontam import BenchmarkIndex
+
+    index = BenchmarkIndex()
+    for i, p in enumerate(_bench_problems("aime24.jsonl")):
+        index.add("aime24", p, str(i))
+    renumbered = [re.sub(r"\d+", lambda m: str(int(m.group()) * 3 + 7), p) for p in _bench_problems("aime24.jsonl")]
+    copy = next(p for p in renumbered if not index.check(p)["remove"])  # the share rule alone keeps it
+    solutions = [sol("g-renum", copy, boxed("25")), sol("g-new", PAIRS, boxed("6"))]
+    pool = [pool_row("p-100", P100, None, "2")]
+    report = run(tmp_path / "report", solutions, pool, _disabled())
+    remove = run(tmp_path / "remove", solutions, pool, _disabled(decontamination={"numbers_changed": "remove"}))
+    assert report["solutions", "g-renum", 0] == "kept"
+    counts = json.loads((tmp_path / "report" / "stats.json").read_text())["decontamination"]
+    assert counts["benchmarks"]["aime24"]["generated"]["numbers"] == 1
+    assert counts["benchmarks"]["aime24"]["generated"]["rows_removed"] == 0
+    (listed,) = counts["flagged"]
+    assert listed["id"] == "g-renum" and listed["matches"][0]["kind"] == "numbers"
+    rejected = remove["solutions", "g-renum", 0]
+    assert (rejected["filter"], rejected["reason"]) == ("decontamination", "contaminated_numbers")
+    assert rejected["detail"].startswith("contaminated_numbers: aime24 aime2024-")
+    assert "(the same words, other numbers)" in rejected["detail"]
+    assert report["solutions", "g-new", 0] == remove["solutions", "g-new", 0] == "kept"

@@ -165,18 +165,23 @@ def write_card(funnel: dict[str, Any], cfg: dict[str, Any], mean_tokens: float |
         f"- decontamination (originals: {dc['original_policy']}): normalised exact match with a benchmark problem, "
         f"or >= {dc['min_share']:.0%} of the problem's distinctive word {dc['ngram']}-grams in one benchmark problem, "
         f"or >= {dc['min_contained']:.0%} of that benchmark problem's; {dc['boilerplate_ngrams']} {dc['ngram']}-grams "
-        f"found in >= {dc['boilerplate_df']} benchmark problems are boilerplate and never count",
+        f"found in >= {dc['boilerplate_df']} benchmark problems are boilerplate and never count; a benchmark "
+        f"problem's words with other numbers: {dc.get('numbers_changed', 'report')}",
         f"- model-based ({'on' if mb['enabled'] else 'off'}): the student base answers each generated problem "
         f"k={mb['k']} times; drop when `{mb['rule']}` agree with the teacher (math-verify). "
         f"Checked {mb['checked']} rows, dropped {mb['solved_by_student']}.",
         "",
         "## Decontamination hits (problems)",
         "",
-        "| benchmark | size | generated exact | generated overlap | original exact | original overlap |",
-        "|---|---|---|---|---|---|",
+        "| benchmark | size | generated exact | generated overlap | generated other numbers | original exact "
+        "| original overlap | original other numbers |",
+        "|---|---|---|---|---|---|---|---|",
         *(
-            f"| {b} | {dc['benchmark_sizes'].get(b, 0)} | {d['generated']['exact']} | {d['generated']['overlap']} | "
-            f"{d['original']['exact']} | {d['original']['overlap']} |"
+            f"| {b} | {dc['benchmark_sizes'].get(b, 0)} | "
+            + " | ".join(
+                str(d[o].get(k, 0)) for o in ("generated", "original") for k in ("exact", "overlap", "numbers")
+            )
+            + " |"
             for b, d in sorted(dc["benchmarks"].items())
         ),
         "",
@@ -211,15 +216,16 @@ def _flagged_table(dc: dict[str, Any], rows: int = 20) -> list[str]:
     if not dc["flagged"]:
         return []
     lines = [
-        f"Flagged problems ({min(rows, len(dc['flagged']))} of {dc['problems_flagged']} shown; `funnel.json` lists "
-        f"{len(dc['flagged'])}):",
+        f"Matched problems ({min(rows, len(dc['flagged']))} shown; `funnel.json` lists {len(dc['flagged'])}, "
+        f"other-numbers matches too; {dc['problems_flagged']} flagged as contaminated):",
         "",
         "| problem | origin | benchmark | benchmark problem | match | overlapping text |",
         "|---|---|---|---|---|---|",
     ]
     for f in dc["flagged"][:rows]:
         for m in f["matches"]:
-            how = "exact" if m["kind"] == "exact" else f"{m['share']:.0%} / {m['contained']:.0%}"
+            how = {"exact": "exact", "numbers": "other numbers"}.get(m["kind"])
+            how = how or f"{m['share']:.0%} / {m['contained']:.0%}"
             lines.append(f"| {f['id']} | {f['origin']} | {m['benchmark']} | {m['problem']} | {how} | {m['span']} |")
     return [*lines, ""]
 

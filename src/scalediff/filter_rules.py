@@ -47,7 +47,7 @@ SOLUTION_REASONS = (
     "solution_non_english",
     "gold_mismatch",
 )
-DECONTAM_REASONS = ("contaminated_exact", "contaminated")
+DECONTAM_REASONS = ("contaminated_exact", "contaminated", "contaminated_numbers")
 DEDUP_REASONS = ("duplicate_of_original", "duplicate", "near_duplicate_of_original", "near_duplicate")
 MODEL_REASONS = ("student_solved",)
 VERIFY_REASONS = ("low_agreement", "minority_answer")  # scalediff.verify, applied by filter gather
@@ -112,7 +112,14 @@ DEFAULTS: dict[str, Any] = {
     },
     "original": {"solution_rules": True, "check_gold": True, "decontaminate": "report"},
     "dedup": {"enabled": True, "ngram": 3, "num_perm": 128, "threshold": 0.8, "seed": 1},
-    "decontamination": {"ngram": 8, "min_share": 0.4, "min_contained": 0.6, "boilerplate_df": 2, "min_words": 5},
+    "decontamination": {
+        "ngram": 8,
+        "min_share": 0.4,
+        "min_contained": 0.6,
+        "boilerplate_df": 2,
+        "min_words": 5,
+        "numbers_changed": "report",
+    },
     "model_based": {
         "enabled": True,
         "shards": 1,

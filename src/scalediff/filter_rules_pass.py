@@ -334,7 +334,8 @@ class _Sink:
         raise error
 
 
-CONTAM_KEYS = ("exact", "overlap", "partial")  # per benchmark: problems matched exactly / by share / below it
+CONTAM_KEYS = ("exact", "overlap", "numbers", "partial")  # per benchmark: problems matched exactly / by share /
+# as its words with other numbers / below the shares
 LISTED_FLAGGED = 1000
 
 
@@ -369,7 +370,7 @@ class _Tally:
                     self.contam[name][v.origin]["rows_removed"] += 1
 
     def problem_hit(self, pid: str, origin: str, hit: dict[str, Any]) -> None:
-        if pid in self.flagged or not (hit["exact"] or hit["overlap"] or hit["partial"]):
+        if pid in self.flagged or not any(hit[key] for key in CONTAM_KEYS):
             return
         names = self.flagged[pid] = frozenset(BenchmarkIndex.names(hit))  # most are empty: one shared object
         for key in CONTAM_KEYS:
@@ -377,7 +378,7 @@ class _Tally:
                 self.contam[name][origin][key] += 1
         for name in names:
             self.contam[name][origin]["problems_flagged"] += 1
-        if names and len(self.listed) < LISTED_FLAGGED:
+        if (names or hit["numbers"]) and len(self.listed) < LISTED_FLAGGED:  # reported-only matches too
             self.listed.append({"id": pid, "origin": origin, "matches": hit["matches"]})
 
     def row_counts(self) -> dict[str, dict[str, Any]]:
@@ -396,6 +397,7 @@ class _Tally:
             "min_contained": b.min_contained,
             "boilerplate_df": b.boilerplate_df,
             "boilerplate_ngrams": b.n_boilerplate,
+            "numbers_changed": b.numbers_changed,
             "original_policy": policy,
             "benchmark_sizes": self.bench.sizes,
             "benchmark_rows_skipped": self.bench.skipped,
