@@ -79,7 +79,8 @@ def test_parse_off_main_thread():
 
     t = threading.Thread(target=work)
     t.start()
-    t.join()
+    t.join(timeout=120)  # a hung check fails here instead of hanging the suite
+    assert not t.is_alive()
     assert results["agree"] is True
     assert results["wrong"] is False
     assert results["parsed"] == answers.parse("$2^{99}$")
