@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # ~25 s: the bench as a subprocess (seen in the run's --durations list)
 def test_filter_scale_bench_runs_every_component(tmp_path):
     out = subprocess.run(
         [
