@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 SPAN_CHARS = 160  # longest overlapping text kept per match (the rejects' detail, the funnel)
 NUMBERS_CHANGED = ("report", "remove")
+NUMBERS_LABEL = "the same words, other numbers"  # how a ``numbers`` match is described (rejects, card)
 _DIGITS = re.compile(r"\d+")
 
 
@@ -56,10 +57,10 @@ def match_words(text: str) -> list[str]:
     return words(normalize_for_match(text))
 
 
-def numbers_masked(toks: list[str]) -> str | None:
+def numbers_masked(word_sequence: str) -> str | None:
     """The word sequence with every run of digits as ``0``; None when it has no digits (nothing to mask)."""
-    masked = " ".join(toks)
-    return _DIGITS.sub("0", masked) if _DIGITS.search(masked) else None
+    masked, n = _DIGITS.subn("0", word_sequence)
+    return masked if n else None
 
 
 class _Problem:
@@ -116,7 +117,7 @@ class BenchmarkIndex:
             self.problems.append(_Problem(toks))
             if toks:
                 self.exact[key].add(j)
-            template = numbers_masked(toks)
+            template = numbers_masked(key)
             if template is not None:
                 self.templates[template].add(j)
         self.problems[j].refs.append((name, pid))
@@ -212,7 +213,8 @@ class BenchmarkIndex:
         norm = normalize_for_match(text)
         toks = words(norm)
         n = self.ngram
-        exact = self.exact.get("".join(norm.split()), set()) | self.exact.get(" ".join(toks), set())
+        sequence = " ".join(toks)
+        exact = self.exact.get("".join(norm.split()), set()) | self.exact.get(sequence, set())
         counts: Counter[int] = Counter()
         distinct = 0
         seen: set[str] = set()
@@ -242,8 +244,7 @@ class BenchmarkIndex:
                     flagged[j] = ("overlap", share, contained)
                 else:
                     hit["partial"].update(name for name, _ in self.problems[j].refs)
-        template = numbers_masked(toks)
-        for j in self.templates.get(template, ()) if template is not None else ():
+        for j in self.templates.get(numbers_masked(sequence), ()):  # None is never a key
             if j not in flagged:
                 k = counts.get(j, 0)
                 flagged[j] = ("numbers", k / max(distinct, 1), k / max(self.problems[j].distinct, 1))
@@ -311,6 +312,6 @@ class BenchmarkIndex:
 
 def describe(match: dict[str, Any]) -> str:
     """One match as text: ``aime24 aime2024-I-1 (exact): "every morning aya ..."``."""
-    how = {"exact": "exact", "numbers": "the same words, other numbers"}.get(match["kind"])
+    how = {"exact": "exact", "numbers": NUMBERS_LABEL}.get(match["kind"])
     how = how or f"share {match['share']:.2f}, contained {match['contained']:.2f}"
     return f'{match["benchmark"]} {match["problem"]} ({how}): "{match["span"]}"'

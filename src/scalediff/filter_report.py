@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from typing import Any
 
+from scalediff.decontam import NUMBERS_LABEL
 from scalediff.filter_rules import FILTER_OF_REASON, FILTER_ORDER
 from scalediff.records import atomic_path
 
@@ -224,7 +225,7 @@ def _flagged_table(dc: dict[str, Any], rows: int = 20) -> list[str]:
     ]
     for f in dc["flagged"][:rows]:
         for m in f["matches"]:
-            how = {"exact": "exact", "numbers": "other numbers"}.get(m["kind"])
+            how = {"exact": "exact", "numbers": NUMBERS_LABEL}.get(m["kind"])
             how = how or f"{m['share']:.0%} / {m['contained']:.0%}"
             lines.append(f"| {f['id']} | {f['origin']} | {m['benchmark']} | {m['problem']} | {how} | {m['span']} |")
     return [*lines, ""]

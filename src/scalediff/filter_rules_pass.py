@@ -334,8 +334,8 @@ class _Sink:
         raise error
 
 
-CONTAM_KEYS = ("exact", "overlap", "numbers", "partial")  # per benchmark: problems matched exactly / by share /
-# as its words with other numbers / below the shares
+# per benchmark: problems matched exactly / by share / as its words with other numbers / below the shares
+CONTAM_KEYS = ("exact", "overlap", "numbers", "partial")
 LISTED_FLAGGED = 1000
 
 
